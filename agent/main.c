@@ -1,0 +1,202 @@
+/* rmemd: the remote process-memory agent. Parses options, creates the one
+ * loop, starts the server and runs until SIGINT or SIGTERM. */
+#include "log.h"
+#include "rmem.h"
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: rmemd [OPTIONS]\n"
+          "\n"
+          "The rmem agent: serves the memory of this machine's processes over TCP.\n"
+          "\n"
+          "  --listen ADDR        address to listen on (default 127.0.0.1)\n"
+          "  --port PORT          TCP port, 0 picks a free one (default %d)\n"
+          "  --port-file FILE     write the bound port to FILE once listening\n"
+          "  --log-level LEVEL    error, warn, info or debug (default info)\n"
+          "  --max-frame BYTES    longest frame accepted or sent (default 16777216)\n"
+          "  --max-read BYTES     longest single read (default max-frame / 2)\n"
+          "  --max-inflight N     requests in flight per connection (default 64)\n"
+          "  --max-output BYTES   unsent reply bytes per connection before\n"
+          "                       backpressure (default 64 MiB)\n"
+          "  --max-conns N        concurrent connections (default 1024)\n"
+          "  --threads N          worker threads for target I/O (default 4)\n"
+          "  --insecure-listen-any\n"
+          "                       allow a non-loopback address without TLS (the traffic\n"
+          "                       and the target's memory are then open to the network)\n"
+          "  --version            print the version and exit\n"
+          "  --help               print this help and exit\n"
+          "\n"
+          "Exit status: 0 after a clean shutdown on SIGINT or SIGTERM, 1 on a start-up\n"
+          "error, 2 on a usage error.\n",
+          RMEM_DEFAULT_PORT);
+}
+
+static int parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || end == s || *s == '-')
+    return -1;
+  switch (*end) {
+  case 'k': case 'K': v <<= 10; end++; break;
+  case 'm': case 'M': v <<= 20; end++; break;
+  case 'g': case 'G': v <<= 30; end++; break;
+  }
+  if (*end || v < min || v > max)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static int is_loopback(const char *host) {
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET, host, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET6, host, &a6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&a6);
+  return strcmp(host, "localhost") == 0;
+}
+
+static int write_port_file(const char *path, int port) {
+  char tmp[4096];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (f == NULL)
+    return -1;
+  fprintf(f, "%d\n", port);
+  /* Renamed into place so a reader never sees a half-written file. */
+  if (fclose(f) != 0 || rename(tmp, path) != 0)
+    return -1;
+  return 0;
+}
+
+static server srv;
+static uv_signal_t sigint_h, sigterm_h;
+
+static void on_signal(uv_signal_t *h, int signum) {
+  log_info("signal %d: shutting down", signum);
+  server_stop(&srv);
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+}
+
+int main(int argc, char **argv) {
+  const char *host = "127.0.0.1", *port_file = NULL;
+  uint64_t port = RMEM_DEFAULT_PORT, max_frame = 16u << 20, max_read = 0, max_inflight = 64;
+  uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4;
+  int insecure = 0;
+  enum { O_LISTEN = 256, O_PORT, O_PORTFILE, O_LOG, O_FRAME, O_READ, O_INFLIGHT, O_OUTPUT,
+         O_CONNS, O_THREADS, O_INSECURE, O_VERSION, O_HELP };
+  static const struct option opts[] = {
+      {"listen", required_argument, 0, O_LISTEN},
+      {"port", required_argument, 0, O_PORT},
+      {"port-file", required_argument, 0, O_PORTFILE},
+      {"log-level", required_argument, 0, O_LOG},
+      {"max-frame", required_argument, 0, O_FRAME},
+      {"max-read", required_argument, 0, O_READ},
+      {"max-inflight", required_argument, 0, O_INFLIGHT},
+      {"max-output", required_argument, 0, O_OUTPUT},
+      {"max-conns", required_argument, 0, O_CONNS},
+      {"threads", required_argument, 0, O_THREADS},
+      {"insecure-listen-any", no_argument, 0, O_INSECURE},
+      {"version", no_argument, 0, O_VERSION},
+      {"help", no_argument, 0, O_HELP},
+      {0, 0, 0, 0},
+  };
+  int o;
+  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int bad = 0;
+    switch (o) {
+    case O_LISTEN: host = optarg; break;
+    case O_PORT: bad = parse_size(optarg, 0, 65535, &port); break;
+    case O_PORTFILE: port_file = optarg; break;
+    case O_LOG: bad = (log_level = log_parse_level(optarg)) < 0 ? (log_level = LOG_INFO, -1) : 0; break;
+    case O_FRAME: bad = parse_size(optarg, 4096, UINT32_MAX, &max_frame); break;
+    case O_READ: bad = parse_size(optarg, 1, UINT32_MAX, &max_read); break;
+    case O_INFLIGHT: bad = parse_size(optarg, 1, 65536, &max_inflight); break;
+    case O_OUTPUT: bad = parse_size(optarg, 4096, UINT64_MAX / 2, &max_output); break;
+    case O_CONNS: bad = parse_size(optarg, 1, 1 << 20, &max_conns); break;
+    case O_THREADS: bad = parse_size(optarg, 1, 1024, &threads); break;
+    case O_INSECURE: insecure = 1; break;
+    case O_VERSION: printf("rmemd %s\n", RMEM_VERSION); return 0;
+    case O_HELP: usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+    if (bad) {
+      fprintf(stderr, "rmemd: bad value for --%s: '%s'\n", opts[o - O_LISTEN].name, optarg);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "rmemd: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  /* A read reply carries max_read bytes plus its holes; keep half the frame. */
+  if (max_read == 0)
+    max_read = max_frame / 2;
+  if (max_read > max_frame / 2) {
+    fprintf(stderr, "rmemd: --max-read must be at most half of --max-frame\n");
+    return 2;
+  }
+  if (!is_loopback(host) && !insecure) {
+    fprintf(stderr, "rmemd: refusing to listen on %s without TLS; use a loopback address, or\n"
+                    "       --insecure-listen-any to expose process memory in the clear\n",
+            host);
+    return 2;
+  }
+
+  /* Size the thread pool before libuv starts it. */
+  char nthreads[16];
+  snprintf(nthreads, sizeof(nthreads), "%llu", (unsigned long long)threads);
+  if (getenv("UV_THREADPOOL_SIZE") == NULL)
+    setenv("UV_THREADPOOL_SIZE", nthreads, 1);
+  signal(SIGPIPE, SIG_IGN);
+
+  uv_loop_t *loop = uv_default_loop();
+  srv.limits.max_frame = max_frame;
+  srv.limits.max_read = max_read;
+  srv.limits.max_write = max_frame - 4096;
+  srv.limits.max_inflight = (uint32_t)max_inflight;
+  srv.limits.max_output = max_output;
+  srv.max_conns = max_conns;
+  int bound = 0;
+  int rc = server_start(&srv, loop, host, (int)port, &bound);
+  if (rc < 0) {
+    log_error("listen %s:%llu: %s", host, (unsigned long long)port, uv_strerror(rc));
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    return 1;
+  }
+  if (insecure && !is_loopback(host))
+    log_warn("listening on %s WITHOUT TLS: anyone who can reach it can read and write memory",
+             host);
+  log_info("rmemd %s listening on %s:%d", RMEM_VERSION, host, bound);
+  if (port_file && write_port_file(port_file, bound) != 0) {
+    log_error("port file %s: %s", port_file, strerror(errno));
+    server_stop(&srv);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    return 1;
+  }
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  uv_run(loop, UV_RUN_DEFAULT);
+  rc = uv_loop_close(loop);
+  if (rc != 0)
+    log_warn("loop close: %s", uv_strerror(rc));
+  log_info("stopped");
+  return 0;
+}

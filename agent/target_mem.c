@@ -1,0 +1,185 @@
+/* Reading and writing target memory. Reads use process_vm_readv, which
+ * respects page protection as ReadProcessMemory does; writes fall back to
+ * /proc/PID/mem (the debugger path) for pages that are readable but not
+ * writable. Where a transfer stops, the maps say why, so every hole carries
+ * a reason. */
+#include "target.h"
+
+#include "msg.h"
+#include "rmem_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static uint64_t page_size(void) {
+  static long ps;
+  if (ps == 0)
+    ps = sysconf(_SC_PAGESIZE);
+  return (uint64_t)ps;
+}
+
+/* Classifies the address `at` that a transfer could not cross: how far the
+ * failure extends (up to `end`) and why. */
+static void classify(const target_vmas *m, uint64_t at, uint64_t end, uint32_t need,
+                     uint64_t *stop, int *code) {
+  size_t i = target_vmas_find(m, at);
+  if (i == m->n || m->v[i].start > at) {
+    *code = RMEM_EUNMAPPED;
+    *stop = i == m->n ? end : m->v[i].start;
+  } else if ((m->v[i].prot & need) == 0) {
+    *code = RMEM_EPROT;
+    *stop = m->v[i].end;
+  } else {
+    /* Mapped and accessible, yet the page could not be brought in. */
+    *code = RMEM_EIO;
+    *stop = (at & ~(page_size() - 1)) + page_size();
+  }
+  if (*stop > end || *stop <= at)
+    *stop = end;
+}
+
+/* Records [at, stop) as failed, merging with the previous range of the same
+ * reason. */
+static int push_hole(rmem_ranges *r, uint64_t at, uint64_t stop, int code) {
+  if (r->n > 0) {
+    rmem_range *last = &r->v[r->n - 1];
+    if (last->addr + last->len == at && last->code == code) {
+      last->len += stop - at;
+      return 0;
+    }
+  }
+  return msg_ranges_push(r, at, stop - at, code);
+}
+
+static const char *reason(int code) {
+  return code == RMEM_EUNMAPPED ? "not mapped" : code == RMEM_EPROT ? "no access" : "I/O error";
+}
+
+/* The message when not one byte could be transferred. */
+static int nothing_done(const rmem_ranges *r, size_t first, uint32_t pid, uint64_t addr,
+                        uint64_t len, const char *verb, codec_err *err) {
+  int code = r->n > first ? r->v[first].code : RMEM_EUNMAPPED;
+  return codec_fail(err, RMEM_EFAULT, "%s pid %u 0x%llx+0x%llx: %s", verb, pid,
+                    (unsigned long long)addr, (unsigned long long)len, reason(code));
+}
+
+ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
+                    codec_err *err) {
+  target_vmas m = {0};
+  int have_maps = 0;
+  size_t first_hole = holes->n;
+  uint64_t done = 0, got = 0;
+  ssize_t rc = 0;
+  while (done < len) {
+    struct iovec local = {(char *)buf + done, len - done};
+    struct iovec remote = {(void *)(uintptr_t)(addr + done), len - done};
+    ssize_t n = process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0);
+    if (n < 0 && errno != EFAULT) {
+      int e = errno;
+      if (e == ESRCH && done > 0)
+        rc = codec_fail(err, RMEM_EEXITED, "pid %u exited during the read", pid);
+      else
+        rc = target__errno(e, pid, "read", err);
+      goto exit;
+    }
+    if (n > 0) {
+      done += (uint64_t)n;
+      got += (uint64_t)n;
+      continue;
+    }
+    /* Stopped at addr + done: find out how far the hole goes and why. */
+    if (!have_maps) {
+      rc = target_vmas_load(pid, 0, &m, err);
+      if (rc < 0)
+        goto exit;
+      have_maps = 1;
+    }
+    uint64_t at = addr + done, stop;
+    int code;
+    classify(&m, at, addr + len, RMEM_PROT_R, &stop, &code);
+    memset((char *)buf + done, 0, stop - at);
+    if (push_hole(holes, at, stop, code) != 0) {
+      rc = codec_fail(err, RMEM_ENOMEM, "read: out of memory");
+      goto exit;
+    }
+    done = stop - addr;
+  }
+  rc = (ssize_t)got;
+  if (got == 0 && len > 0)
+    rc = nothing_done(holes, first_hole, pid, addr, len, "read", err);
+exit:
+  target_vmas_free(&m);
+  return rc;
+}
+
+ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len,
+                     rmem_ranges *failed, codec_err *err) {
+  target_vmas m = {0};
+  int have_maps = 0, memfd = -1;
+  size_t first = failed->n;
+  uint64_t done = 0, put = 0;
+  ssize_t rc = 0;
+  while (done < len) {
+    struct iovec local = {(char *)buf + done, len - done};
+    struct iovec remote = {(void *)(uintptr_t)(addr + done), len - done};
+    ssize_t n = process_vm_writev((pid_t)pid, &local, 1, &remote, 1, 0);
+    if (n < 0 && errno != EFAULT) {
+      int e = errno;
+      if (e == ESRCH && done > 0)
+        rc = codec_fail(err, RMEM_EEXITED, "pid %u exited during the write", pid);
+      else
+        rc = target__errno(e, pid, "write", err);
+      goto exit;
+    }
+    if (n > 0) {
+      done += (uint64_t)n;
+      put += (uint64_t)n;
+      continue;
+    }
+    if (!have_maps) {
+      rc = target_vmas_load(pid, 0, &m, err);
+      if (rc < 0)
+        goto exit;
+      have_maps = 1;
+    }
+    uint64_t at = addr + done, stop;
+    int code;
+    /* Pages that are at least readable or executable take the debugger path;
+     * pages with no access at all (guards, reservations) are left alone. */
+    classify(&m, at, addr + len, RMEM_PROT_R | RMEM_PROT_W | RMEM_PROT_X, &stop, &code);
+    if (code == RMEM_EIO) {
+      size_t i = target_vmas_find(&m, at);
+      uint64_t vend = m.v[i].end < addr + len ? m.v[i].end : addr + len;
+      if (memfd < 0) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%u/mem", pid);
+        memfd = open(path, O_RDWR | O_CLOEXEC);
+      }
+      ssize_t w = memfd >= 0 && at <= INT64_MAX
+                      ? pwrite(memfd, (const char *)buf + done, vend - at, (off_t)at)
+                      : -1;
+      if (w > 0) {
+        done += (uint64_t)w;
+        put += (uint64_t)w;
+        continue;
+      }
+    }
+    if (push_hole(failed, at, stop, code) != 0) {
+      rc = codec_fail(err, RMEM_ENOMEM, "write: out of memory");
+      goto exit;
+    }
+    done = stop - addr;
+  }
+  rc = (ssize_t)put;
+  if (put == 0 && len > 0)
+    rc = nothing_done(failed, first, pid, addr, len, "write", err);
+exit:
+  if (memfd >= 0)
+    close(memfd);
+  target_vmas_free(&m);
+  return rc;
+}
