@@ -106,8 +106,8 @@ int codec_check(const void *buf, size_t n, size_t max_objects) {
     unsigned c = p[pos++];
     need--;
     size_t left = n - pos;
-    uint64_t skip = 0;   /* Payload bytes after the header. */
-    uint64_t items = 0;  /* Child objects owed by a container. */
+    uint64_t skip = 0;  /* Payload bytes after the header. */
+    uint64_t items = 0; /* Child objects owed by a container. */
     int lenbytes = 0;
     if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
       /* fixint, negative fixint, nil, false, true. */
@@ -119,24 +119,69 @@ int codec_check(const void *buf, size_t n, size_t max_objects) {
       skip = c & 0x1f;
     } else {
       switch (c) {
-      case 0xc4: case 0xd9: lenbytes = 1; break;              /* bin8, str8 */
-      case 0xc5: case 0xda: lenbytes = 2; break;              /* bin16, str16 */
-      case 0xc6: case 0xdb: lenbytes = 4; break;              /* bin32, str32 */
-      case 0xc7: lenbytes = 1; skip = 1; break;               /* ext8: type byte */
-      case 0xc8: lenbytes = 2; skip = 1; break;               /* ext16 */
-      case 0xc9: lenbytes = 4; skip = 1; break;               /* ext32 */
-      case 0xca: skip = 4; break;                             /* float32 */
-      case 0xcb: skip = 8; break;                             /* float64 */
-      case 0xcc: case 0xd0: skip = 1; break;
-      case 0xcd: case 0xd1: skip = 2; break;
-      case 0xce: case 0xd2: skip = 4; break;
-      case 0xcf: case 0xd3: skip = 8; break;
-      case 0xd4: skip = 2; break;                             /* fixext1 */
-      case 0xd5: skip = 3; break;
-      case 0xd6: skip = 5; break;
-      case 0xd7: skip = 9; break;
-      case 0xd8: skip = 17; break;
-      case 0xdc: case 0xdd: {                                 /* array16/32 */
+      case 0xc4:
+      case 0xd9:
+        lenbytes = 1;
+        break; /* bin8, str8 */
+      case 0xc5:
+      case 0xda:
+        lenbytes = 2;
+        break; /* bin16, str16 */
+      case 0xc6:
+      case 0xdb:
+        lenbytes = 4;
+        break; /* bin32, str32 */
+      case 0xc7:
+        lenbytes = 1;
+        skip = 1;
+        break; /* ext8: type byte */
+      case 0xc8:
+        lenbytes = 2;
+        skip = 1;
+        break; /* ext16 */
+      case 0xc9:
+        lenbytes = 4;
+        skip = 1;
+        break; /* ext32 */
+      case 0xca:
+        skip = 4;
+        break; /* float32 */
+      case 0xcb:
+        skip = 8;
+        break; /* float64 */
+      case 0xcc:
+      case 0xd0:
+        skip = 1;
+        break;
+      case 0xcd:
+      case 0xd1:
+        skip = 2;
+        break;
+      case 0xce:
+      case 0xd2:
+        skip = 4;
+        break;
+      case 0xcf:
+      case 0xd3:
+        skip = 8;
+        break;
+      case 0xd4:
+        skip = 2;
+        break; /* fixext1 */
+      case 0xd5:
+        skip = 3;
+        break;
+      case 0xd6:
+        skip = 5;
+        break;
+      case 0xd7:
+        skip = 9;
+        break;
+      case 0xd8:
+        skip = 17;
+        break;
+      case 0xdc:
+      case 0xdd: { /* array16/32 */
         int w = c == 0xdc ? 2 : 4;
         if (left < (size_t)w)
           return RMEM_EMALFORMED;
@@ -144,7 +189,8 @@ int codec_check(const void *buf, size_t n, size_t max_objects) {
         pos += w;
         break;
       }
-      case 0xde: case 0xdf: {                                 /* map16/32 */
+      case 0xde:
+      case 0xdf: { /* map16/32 */
         int w = c == 0xde ? 2 : 4;
         if (left < (size_t)w)
           return RMEM_EMALFORMED;
@@ -152,7 +198,7 @@ int codec_check(const void *buf, size_t n, size_t max_objects) {
         pos += w;
         break;
       }
-      default:                                                /* 0xc1: never used. */
+      default: /* 0xc1: never used. */
         return RMEM_EMALFORMED;
       }
     }
@@ -296,16 +342,30 @@ int codec_error_frame(codec_buf *b, const uint32_t *msgid, int code, const char 
 
 int codec_str_eq(const msgpack_object *o, const char *s) {
   size_t n = strlen(s);
-  return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+  return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+         (n == 0 || memcmp(o->via.str.ptr, s, n) == 0);
 }
 
 const msgpack_object *codec_map_get(const msgpack_object *map, const char *key) {
+  /* Parsers ask for fields in the order encoders write them, so start where
+   * the last lookup in the same map stopped: a whole parse then costs about
+   * one comparison per field instead of a scan each. */
+  static _Thread_local const msgpack_object *last_map;
+  static _Thread_local uint32_t last_next;
   if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
     return NULL;
-  for (uint32_t i = 0; i < map->via.map.size; i++) {
-    const msgpack_object_kv *kv = &map->via.map.ptr[i];
-    if (codec_str_eq(&kv->key, key))
-      return &kv->val;
+  uint32_t n = map->via.map.size;
+  uint32_t start = map == last_map && last_next < n ? last_next : 0;
+  size_t len = strlen(key);
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t i = start + k < n ? start + k : start + k - n;
+    const msgpack_object *o = &map->via.map.ptr[i].key;
+    if (o->type == MSGPACK_OBJECT_STR && o->via.str.size == len &&
+        (len == 0 || memcmp(o->via.str.ptr, key, len) == 0)) {
+      last_map = map;
+      last_next = i + 1;
+      return &map->via.map.ptr[i].val;
+    }
   }
   return NULL;
 }
@@ -350,7 +410,7 @@ int codec_get_u64(const msgpack_object *map, const char *key, int required, uint
 
 int codec_get_u32(const msgpack_object *map, const char *key, int required, uint32_t *out,
                   codec_err *err) {
-  uint64_t v;
+  uint64_t v = 0;
   int rc = codec_get_u64(map, key, required, &v, err);
   if (rc != 0)
     return rc;

@@ -57,10 +57,10 @@ int codec_check(const void *p, size_t n, size_t max_objects);
 /* A decoded message. Pointers refer into the unpacked object, which refers
  * into the frame bytes: both must outlive this struct. */
 typedef struct {
-  int type;            /* CODEC_REQUEST, CODEC_RESPONSE or CODEC_NOTIFY. */
-  int has_msgid;       /* 0 when a response carries a nil msgid. */
+  int type;      /* CODEC_REQUEST, CODEC_RESPONSE or CODEC_NOTIFY. */
+  int has_msgid; /* 0 when a response carries a nil msgid. */
   uint32_t msgid;
-  const char *method;  /* Not NUL-terminated. Requests and notifications. */
+  const char *method; /* Not NUL-terminated. Requests and notifications. */
   size_t method_len;
   const msgpack_object *params; /* A map, or NULL when nil. */
   const msgpack_object *error;  /* Responses: NULL when nil. */

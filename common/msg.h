@@ -46,8 +46,8 @@ void msg_map_res_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const rm
 void msg_region_pack(msgpack_packer *pk, const rmem_region *r);
 /* Appends the regions of `result` to `out` (so continued maps join up) and
  * sets *has_next / *next from the optional `next` field. */
-int msg_map_res_parse(const msgpack_object *result, rmem_memmap *out, int *has_next,
-                      uint64_t *next, codec_err *err);
+int msg_map_res_parse(const msgpack_object *result, rmem_memmap *out, int *has_next, uint64_t *next,
+                      codec_err *err);
 
 /* read */
 typedef struct {
