@@ -46,11 +46,11 @@ typedef struct {
 typedef struct {
   uint32_t pid, ppid, uid;
   uint32_t threads;
-  char state;    /**< 'R', 'S', 'D', 'Z', 'T', ... as in /proc/PID/stat. */
-  uint64_t rss;  /**< Resident set size in bytes. */
-  char *name;    /**< Command name (comm). Never NULL. */
-  char *exe;     /**< Executable path, "" when unknown or not permitted. Never NULL. */
-  char **argv;   /**< Command line, argc strings; empty for kernel threads. */
+  char state;   /**< 'R', 'S', 'D', 'Z', 'T', ... as in /proc/PID/stat. */
+  uint64_t rss; /**< Resident set size in bytes. */
+  char *name;   /**< Command name (comm). Never NULL. */
+  char *exe;    /**< Executable path, "" when unknown or not permitted. Never NULL. */
+  char **argv;  /**< Command line, argc strings; empty for kernel threads. */
   size_t argc;
 } rmem_proc;
 
@@ -136,7 +136,8 @@ void rmem_close(rmem_client *c);
 void rmem_set_timeout(rmem_client *c, int timeout_ms);
 /** The agent's hello reply. */
 const rmem_agent_info *rmem_info(const rmem_client *c);
-/** The message that came with the last error (the agent's, or the library's own). */
+/** The message that came with the last error (the agent's, or the library's own).
+ * With NULL, the message of this thread's last failed rmem_connect. */
 const char *rmem_last_error(const rmem_client *c);
 
 /** Lists the processes on the target box. */
@@ -151,8 +152,8 @@ void rmem_memmap_free(rmem_memmap *m);
 /** Reads `len` bytes at `addr` into `buf`. Ranges that could not be read are
  * zero-filled and listed in `holes` (which may be NULL). Returns the number of
  * bytes actually read (len minus the holes), or a negative code; a read with
- * no readable byte at all fails with RMEM_EFAULT. Reads longer than the
- * agent's max_read are split and pipelined. */
+ * no readable byte at all fails with RMEM_EFAULT (`holes` then still lists
+ * the range). Reads longer than the agent's max_read are split and pipelined. */
 ssize_t rmem_read(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t len,
                   rmem_ranges *holes);
 
@@ -175,7 +176,8 @@ int rmem_write_start(rmem_client *c, uint32_t pid, uint64_t addr, const void *bu
                      uint32_t *id);
 /** Waits for the reply to request `id` and returns what rmem_read or
  * rmem_write would have returned for it. Holes or failed ranges are appended
- * to `ranges` (which may be NULL). */
+ * to `ranges` (which may be NULL). The request is over when this returns,
+ * even with an error such as RMEM_ETIMEDOUT: a late reply is dropped. */
 ssize_t rmem_finish(rmem_client *c, uint32_t id, rmem_ranges *ranges);
 
 #ifdef __cplusplus

@@ -1,0 +1,1337 @@
+/* librmem: a blocking client for rmemd with pipelining.
+ *
+ * Requests are framed into `out` and sent with one sendmsg (write data goes
+ * out from the caller's buffer as a second iovec). Every reply frame is read
+ * into its own buffer (a small free-list keeps big buffers warm, so bulk
+ * reads do not fault fresh pages in on every chunk), decoded once, and parked
+ * on its pending entry until rmem_finish (or an internal caller) consumes it.
+ *
+ * Read data is not copied at all in the common case: when a big frame starts
+ * like the reply to a pending read, its bin bytes are received straight into
+ * the caller's buffer and only the rest of the frame is kept (rx_prefix).
+ * Otherwise it is copied once, from the frame into the caller's buffer.
+ *
+ * Timeouts are inactivity timeouts: a call fails with RMEM_ETIMEDOUT when the
+ * connection makes no progress for `timeout_ms`, so long bulk transfers are
+ * not cut short while bytes keep flowing. */
+#include "rmem.h"
+
+#include "codec.h"
+#include "msg.h"
+#include "rmem_error.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Chunk requests kept in flight by rmem_read and rmem_write. */
+#ifndef RMEM__WINDOW
+#define RMEM__WINDOW 8
+#endif
+/* Bytes read per recv when not reading a big payload in place. */
+#define RMEM__STAGE (64u << 10)
+/* Payload bytes left above which recv goes straight into the frame. */
+#define RMEM__DIRECT (16u << 10)
+/* Idle frame buffers kept for reuse, and the largest one worth keeping. */
+#define RMEM__FREE_FRAMES 10
+#define RMEM__FREE_MAX_CAP (64u << 20)
+/* Frames at least this long may be read replies whose data can be received
+ * straight into the caller's buffer; their first RMEM__PREFIX bytes tell. */
+#define RMEM__DIRECT_MIN (64u << 10)
+#define RMEM__PREFIX 19
+/* Room left in a frame for everything but the bulk bytes of a read or write. */
+#define RMEM__FRAME_SLACK 4096u
+#define RMEM__DEFAULT_TIMEOUT_MS 10000
+
+enum { PEND_CALL, PEND_READ, PEND_WRITE };
+
+/* One received frame, decoded in place. */
+typedef struct rmem__frame {
+  struct rmem__frame *next; /* Free-list link. */
+  char *buf;
+  size_t cap;
+  size_t len;
+  int decoded;
+  msgpack_unpacked up;
+  codec_msg msg;
+} rmem__frame;
+
+/* A request whose reply has not been consumed yet. */
+typedef struct {
+  uint32_t msgid;
+  int kind;
+  int abandoned; /* The caller gave up: drop the reply when it comes. */
+  void *dest;    /* Reads: where the data goes. */
+  size_t len;
+  uint64_t addr;
+  uint32_t pid;
+  int direct;         /* The data went straight to `dest`; the frame holds the rest. */
+  rmem__frame *reply; /* NULL until the reply arrives. */
+} rmem__pend;
+
+/* Where the reader is within the incoming stream. */
+enum {
+  RX_HDR,    /* Collecting a 4-byte frame length. */
+  RX_PREFIX, /* A big frame: collecting its first bytes to see whose data it holds. */
+  RX_DIRECT, /* Read data going straight into the caller's buffer. */
+  RX_BODY,   /* The rest of the frame going into `cur`. */
+};
+
+struct rmem_client {
+  int fd;
+  int timeout_ms; /* -1: wait forever. */
+  int broken;     /* 0, or the code that made the connection unusable. */
+  uint32_t next_id;
+  uint64_t max_frame;
+  size_t window;
+  rmem_agent_info info;
+  char peer[80]; /* "127.0.0.1:7467", for messages. */
+  char err[512];
+
+  rmem__pend *pend;
+  size_t npend, cappend;
+
+  /* Frame reader. */
+  int rx_state;
+  unsigned char hdr[CODEC_FRAME_HDR];
+  size_t hdr_got;
+  uint32_t frame_len;
+  unsigned char prefix[RMEM__PREFIX];
+  size_t prefix_got;
+  rmem__frame *cur; /* Where the frame (or what is left of it) is received. */
+  size_t cur_got;
+  int cur_direct;     /* `cur` is a read reply whose data went to the caller. */
+  uint32_t direct_id; /* That read's msgid. */
+  char *direct_dst;   /* Next data byte goes here; NULL to discard (abandoned). */
+  size_t direct_left;
+  char *stage;
+
+  rmem__frame *free_frames;
+  size_t nfree;
+
+  codec_buf out;       /* Requests waiting to be sent. */
+  rmem_ranges scratch; /* Ranges of one reply, before they are checked. */
+};
+
+/* The message of this thread's last failed rmem_connect. */
+static _Thread_local char connect_err[512];
+
+static int fail(rmem_client *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(rmem_client *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->err, sizeof(c->err), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Marks the connection unusable; later calls return `code` at once. */
+static int breakdown(rmem_client *c, int code) {
+  if (!c->broken)
+    c->broken = code;
+  return code;
+}
+
+static int check_usable(rmem_client *c) {
+  return c->broken ? c->broken : 0;
+}
+
+/* Frames and the free-list. */
+
+static void frame_destroy(rmem__frame *f) {
+  if (f == NULL)
+    return;
+  if (f->decoded)
+    msgpack_unpacked_destroy(&f->up);
+  free(f->buf);
+  free(f);
+}
+
+/* A frame with room for `len` bytes: the best-fitting idle one, or a new one. */
+static rmem__frame *frame_get(rmem_client *c, size_t len) {
+  rmem__frame **best = NULL;
+  for (rmem__frame **pp = &c->free_frames; *pp; pp = &(*pp)->next) {
+    if ((*pp)->cap >= len && (best == NULL || (*pp)->cap < (*best)->cap))
+      best = pp;
+  }
+  rmem__frame *f;
+  if (best) {
+    f = *best;
+    *best = f->next;
+    c->nfree--;
+  } else {
+    f = calloc(1, sizeof(*f));
+    if (f == NULL)
+      return NULL;
+    /* Round small frames up so one buffer serves many replies. */
+    size_t cap = len < 4096 ? 4096 : len;
+    f->buf = malloc(cap);
+    if (f->buf == NULL) {
+      free(f);
+      return NULL;
+    }
+    f->cap = cap;
+  }
+  f->next = NULL;
+  f->len = len;
+  f->decoded = 0;
+  return f;
+}
+
+/* Returns a consumed frame to the free-list. Accepts NULL. */
+static void frame_put(rmem_client *c, rmem__frame *f) {
+  if (f == NULL)
+    return;
+  if (f->decoded) {
+    msgpack_unpacked_destroy(&f->up);
+    f->decoded = 0;
+  }
+  if (f->cap > RMEM__FREE_MAX_CAP) {
+    frame_destroy(f);
+    return;
+  }
+  if (c->nfree >= RMEM__FREE_FRAMES) {
+    /* Keep the bigger buffers: they are the ones worth not faulting in again. */
+    rmem__frame **small = &c->free_frames;
+    for (rmem__frame **pp = &c->free_frames; *pp; pp = &(*pp)->next) {
+      if ((*pp)->cap < (*small)->cap)
+        small = pp;
+    }
+    if ((*small)->cap >= f->cap) {
+      frame_destroy(f);
+      return;
+    }
+    rmem__frame *drop = *small;
+    *small = drop->next;
+    frame_destroy(drop);
+    c->nfree--;
+  }
+  f->next = c->free_frames;
+  c->free_frames = f;
+  c->nfree++;
+}
+
+/* Pending requests. Few are in flight at a time, so a flat array will do. */
+
+static rmem__pend *pend_find(rmem_client *c, uint32_t msgid) {
+  for (size_t i = 0; i < c->npend; i++) {
+    if (c->pend[i].msgid == msgid)
+      return &c->pend[i];
+  }
+  return NULL;
+}
+
+static rmem__pend *pend_add(rmem_client *c, int kind) {
+  if (c->npend == c->cappend) {
+    size_t cap = c->cappend ? 2 * c->cappend : 16;
+    rmem__pend *p = realloc(c->pend, cap * sizeof(*p));
+    if (p == NULL)
+      return NULL;
+    c->pend = p;
+    c->cappend = cap;
+  }
+  rmem__pend *p = &c->pend[c->npend++];
+  memset(p, 0, sizeof(*p));
+  p->kind = kind;
+  p->msgid = c->next_id++;
+  if (c->next_id == 0)
+    c->next_id = 1;
+  return p;
+}
+
+/* Removes an entry; the caller keeps or releases its reply. */
+static void pend_remove(rmem_client *c, rmem__pend *p) {
+  size_t i = (size_t)(p - c->pend);
+  c->pend[i] = c->pend[--c->npend];
+}
+
+/* Receiving. */
+
+/* Handles one complete frame: decodes it and parks it on its pending entry. */
+static int rx_complete(rmem_client *c) {
+  rmem__frame *f = c->cur;
+  int direct = c->cur_direct;
+  c->cur = NULL;
+  c->cur_got = 0;
+  c->cur_direct = 0;
+  c->rx_state = RX_HDR;
+  msgpack_unpacked_init(&f->up);
+  f->decoded = 1;
+  char why[128];
+  /* codec_check bounds every count by the bytes left, so the frame length is
+   * a safe object limit even for a map of tens of thousands of regions. */
+  int rc = codec_msg_decode(f->buf, f->len, f->len, &f->up, &f->msg, why, sizeof(why));
+  if (rc != 0) {
+    frame_put(c, f);
+    return breakdown(c, fail(c, RMEM_EPROTO, "%s sent a malformed frame: %s", c->peer, why));
+  }
+  if (f->msg.type == CODEC_NOTIFY) {
+    frame_put(c, f); /* Reserved for streaming; nothing uses them yet. */
+    return 0;
+  }
+  if (f->msg.type != CODEC_RESPONSE) {
+    frame_put(c, f);
+    return breakdown(c, fail(c, RMEM_EPROTO, "%s sent a request to the client", c->peer));
+  }
+  if (!f->msg.has_msgid) {
+    /* A connection-level error: the agent could not tie it to a request. */
+    int code = RMEM_EPROTO;
+    char msg[256] = "";
+    if (f->msg.error == NULL || msg_error_parse(f->msg.error, &code, msg, sizeof(msg)) != 0 ||
+        code >= 0)
+      code = RMEM_EPROTO;
+    fail(c, code, "%s reported a connection error: %s", c->peer,
+         msg[0] ? msg : rmem_strerror(code));
+    frame_put(c, f);
+    return breakdown(c, code);
+  }
+  rmem__pend *p = pend_find(c, f->msg.msgid);
+  if (p == NULL || p->reply != NULL) {
+    uint32_t id = f->msg.msgid;
+    frame_put(c, f);
+    return breakdown(
+        c, fail(c, RMEM_EPROTO, "%s sent a reply to unknown request %u", c->peer, (unsigned)id));
+  }
+  if (p->abandoned) {
+    pend_remove(c, p);
+    frame_put(c, f);
+    return 0;
+  }
+  p->direct = direct;
+  p->reply = f;
+  return 0;
+}
+
+static int rx_advance(rmem_client *c);
+
+/* Reads an unsigned msgpack integer at p[0..n); returns its length or 0. */
+static size_t prefix_uint(const unsigned char *p, size_t n, uint64_t *v) {
+  if (n < 1)
+    return 0;
+  size_t w;
+  switch (p[0]) {
+  case 0xcc:
+    w = 1;
+    break;
+  case 0xcd:
+    w = 2;
+    break;
+  case 0xce:
+    w = 4;
+    break;
+  default:
+    if (p[0] <= 0x7f) {
+      *v = p[0];
+      return 1;
+    }
+    return 0;
+  }
+  if (n < 1 + w)
+    return 0;
+  *v = 0;
+  for (size_t i = 0; i < w; i++)
+    *v = *v << 8 | p[1 + i];
+  return 1 + w;
+}
+
+/* Allocates `cur` for `len` bytes and starts receiving into it. */
+static int rx_body(rmem_client *c, size_t len) {
+  c->cur = frame_get(c, len);
+  if (c->cur == NULL)
+    return breakdown(c, fail(c, RMEM_ENOMEM, "out of memory for a %zu-byte frame", len));
+  c->cur_got = 0;
+  c->rx_state = RX_BODY;
+  return 0;
+}
+
+/* Recognises the start of a read reply as msg_read_res_head packs it:
+ * [1, msgid, nil, {"data": bin(len), ...}]. Sets where the bin header starts
+ * (*bin_at) and where its bytes start (*data_at). Returns 1 on a match. */
+static int read_reply_head(const unsigned char *p, size_t n, uint32_t *msgid, size_t *bin_at,
+                           size_t *data_at, uint64_t *binlen) {
+  static const unsigned char data_key[] = {0xa4, 'd', 'a', 't', 'a'};
+  uint64_t id;
+  size_t at = 2, w;
+  if (n < 2 || p[0] != 0x94 || p[1] != CODEC_RESPONSE ||
+      (w = prefix_uint(p + at, n - at, &id)) == 0)
+    return 0;
+  at += w;
+  /* nil error, a map of 1 to 15 fields, "data" first. */
+  if (at + 2 + sizeof(data_key) + 1 > n || p[at] != 0xc0 || p[at + 1] < 0x81 || p[at + 1] > 0x8f ||
+      memcmp(p + at + 2, data_key, sizeof(data_key)) != 0)
+    return 0;
+  at += 2 + sizeof(data_key);
+  size_t lw = p[at] == 0xc4 ? 1 : p[at] == 0xc5 ? 2 : p[at] == 0xc6 ? 4 : 0;
+  if (lw == 0 || at + 1 + lw > n)
+    return 0;
+  uint64_t len = 0;
+  for (size_t i = 0; i < lw; i++)
+    len = len << 8 | p[at + 1 + i];
+  *msgid = (uint32_t)id;
+  *bin_at = at;
+  *data_at = at + 1 + lw;
+  *binlen = len;
+  return 1;
+}
+
+/* The first bytes of a big frame are in. When they begin the reply to a
+ * pending read of the same length, its data goes straight to the caller's
+ * buffer, and only the rest of the frame is kept, with the bin emptied, so
+ * that it still decodes and is checked as a whole. Any other frame is
+ * received whole. */
+static int rx_prefix(rmem_client *c) {
+  const unsigned char *p = c->prefix;
+  const size_t n = RMEM__PREFIX;
+  uint32_t msgid;
+  size_t bin_at, data_at;
+  uint64_t binlen;
+  rmem__pend *pend = NULL;
+  if (read_reply_head(p, n, &msgid, &bin_at, &data_at, &binlen))
+    pend = pend_find(c, msgid);
+  if (pend == NULL || pend->kind != PEND_READ || pend->abandoned || pend->reply ||
+      pend->len != binlen || binlen < n - data_at || binlen > c->frame_len - data_at) {
+    int rc = rx_body(c, c->frame_len);
+    if (rc == 0) {
+      memcpy(c->cur->buf, p, n);
+      c->cur_got = n;
+    }
+    return rc;
+  }
+  size_t keep = bin_at + 2 + (c->frame_len - data_at - binlen);
+  int rc = rx_body(c, keep);
+  if (rc != 0)
+    return rc;
+  memcpy(c->cur->buf, p, bin_at);
+  c->cur->buf[bin_at] = (char)0xc4;
+  c->cur->buf[bin_at + 1] = 0;
+  c->cur_got = bin_at + 2;
+  c->cur_direct = 1;
+  c->direct_id = msgid;
+  size_t early = n - data_at; /* Data bytes that came with the prefix. */
+  memcpy(pend->dest, p + data_at, early);
+  c->direct_dst = (char *)pend->dest + early;
+  c->direct_left = binlen - early;
+  c->rx_state = RX_DIRECT;
+  return rx_advance(c);
+}
+
+/* Starts the payload of a frame whose header is complete. */
+static int rx_header(rmem_client *c) {
+  uint32_t n = codec_frame_len(c->hdr);
+  c->hdr_got = 0;
+  if (n == 0)
+    return breakdown(c, fail(c, RMEM_EPROTO, "%s sent an empty frame", c->peer));
+  if (n > c->max_frame)
+    return breakdown(c, fail(c, RMEM_EPROTO, "%s sent a frame of %u bytes, over max_frame %llu",
+                             c->peer, (unsigned)n, (unsigned long long)c->max_frame));
+  c->frame_len = n;
+  if (n >= RMEM__DIRECT_MIN) {
+    c->prefix_got = 0;
+    c->rx_state = RX_PREFIX;
+    return 0;
+  }
+  return rx_body(c, n);
+}
+
+/* Called after bytes were added in any state: moves on when a part is done. */
+static int rx_advance(rmem_client *c) {
+  switch (c->rx_state) {
+  case RX_HDR:
+    return c->hdr_got == CODEC_FRAME_HDR ? rx_header(c) : 0;
+  case RX_PREFIX:
+    return c->prefix_got == RMEM__PREFIX ? rx_prefix(c) : 0;
+  case RX_DIRECT:
+    if (c->direct_left > 0)
+      return 0;
+    c->rx_state = RX_BODY;
+    /* fall through */
+  default:
+    return c->cur_got == c->cur->len ? rx_complete(c) : 0;
+  }
+}
+
+/* Distributes freshly received bytes into headers, prefixes, data and frames. */
+static int rx_feed(rmem_client *c, const char *p, size_t n) {
+  while (n > 0) {
+    size_t take;
+    switch (c->rx_state) {
+    case RX_HDR:
+      take = CODEC_FRAME_HDR - c->hdr_got;
+      take = take < n ? take : n;
+      memcpy(c->hdr + c->hdr_got, p, take);
+      c->hdr_got += take;
+      break;
+    case RX_PREFIX:
+      take = RMEM__PREFIX - c->prefix_got;
+      take = take < n ? take : n;
+      memcpy(c->prefix + c->prefix_got, p, take);
+      c->prefix_got += take;
+      break;
+    case RX_DIRECT:
+      take = c->direct_left < n ? c->direct_left : n;
+      if (c->direct_dst) {
+        memcpy(c->direct_dst, p, take);
+        c->direct_dst += take;
+      }
+      c->direct_left -= take;
+      break;
+    default:
+      take = c->cur->len - c->cur_got;
+      take = take < n ? take : n;
+      memcpy(c->cur->buf + c->cur_got, p, take);
+      c->cur_got += take;
+      break;
+    }
+    p += take;
+    n -= take;
+    int rc = rx_advance(c);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+/* One recv without waiting. Returns bytes received, 0 when none are
+ * available yet, or a negative code (the connection is then broken). */
+static ssize_t rx_read(rmem_client *c) {
+  /* Big runs of bytes are received in place, exactly up to their end. */
+  char *dst = NULL;
+  size_t want = 0;
+  if (c->rx_state == RX_DIRECT && c->direct_dst && c->direct_left >= RMEM__DIRECT) {
+    dst = c->direct_dst;
+    want = c->direct_left;
+  } else if (c->rx_state == RX_BODY && c->cur->len - c->cur_got >= RMEM__DIRECT) {
+    dst = c->cur->buf + c->cur_got;
+    want = c->cur->len - c->cur_got;
+  }
+  ssize_t n;
+  if (dst) {
+    do
+      n = recv(c->fd, dst, want, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      if (c->rx_state == RX_DIRECT) {
+        c->direct_dst += n;
+        c->direct_left -= (size_t)n;
+      } else {
+        c->cur_got += (size_t)n;
+      }
+      int rc = rx_advance(c);
+      return rc != 0 ? rc : n;
+    }
+  } else {
+    if (c->stage == NULL) {
+      c->stage = malloc(RMEM__STAGE);
+      if (c->stage == NULL)
+        return breakdown(c, fail(c, RMEM_ENOMEM, "out of memory"));
+    }
+    do
+      n = recv(c->fd, c->stage, RMEM__STAGE, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      int rc = rx_feed(c, c->stage, (size_t)n);
+      return rc != 0 ? rc : n;
+    }
+  }
+  if (n == 0) {
+    int mid = c->rx_state != RX_HDR || c->hdr_got != 0;
+    return breakdown(c, fail(c, RMEM_ECLOSED, "connection to %s closed by the agent%s", c->peer,
+                             mid ? " in the middle of a frame" : ""));
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK)
+    return 0;
+  int e = errno;
+  return breakdown(c, fail(c, e == ECONNRESET ? RMEM_ECLOSED : RMEM_ECONNECT, "recv from %s: %s",
+                           c->peer, strerror(e)));
+}
+
+/* Waits for `events` on the socket. Returns the revents, 0 on timeout, or a
+ * negative code. */
+static int wait_fd(rmem_client *c, short events) {
+  struct pollfd pfd = {.fd = c->fd, .events = events};
+  for (;;) {
+    int n = poll(&pfd, 1, c->timeout_ms);
+    if (n > 0)
+      return pfd.revents;
+    if (n == 0)
+      return 0;
+    if (errno != EINTR)
+      return breakdown(c, fail(c, RMEM_EINTERNAL, "poll: %s", strerror(errno)));
+  }
+}
+
+/* Reads frames until the reply to `msgid` has arrived. */
+static int rx_until(rmem_client *c, uint32_t msgid) {
+  for (;;) {
+    rmem__pend *p = pend_find(c, msgid);
+    if (p == NULL)
+      return fail(c, RMEM_EPARAM, "no request %u is pending", (unsigned)msgid);
+    if (p->reply)
+      return 0;
+    if (c->broken)
+      return c->broken; /* The stream cannot be read on; the message stays. */
+    ssize_t n = rx_read(c);
+    if (n < 0)
+      return (int)n;
+    if (n > 0)
+      continue;
+    int ev = wait_fd(c, POLLIN);
+    if (ev < 0)
+      return ev;
+    if (ev == 0)
+      return fail(c, RMEM_ETIMEDOUT, "no reply from %s within %d ms", c->peer, c->timeout_ms);
+  }
+}
+
+/* Sending. */
+
+/* Sends the queued requests in `out`, then `body` (may be NULL), whole.
+ * While the socket is full, replies keep being read so that the agent, which
+ * stops reading when its output backs up, can always make progress. */
+static int tx_flush(rmem_client *c, const void *body, size_t bodylen) {
+  if (c->broken) {
+    c->out.len = 0;
+    return c->broken;
+  }
+  struct iovec iov[2] = {{c->out.data, c->out.len}, {(void *)body, bodylen}};
+  int niov = bodylen ? 2 : 1;
+  struct iovec *v = iov;
+  size_t left = c->out.len + bodylen;
+  c->out.len = 0;
+  while (left > 0) {
+    struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)niov};
+    ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      left -= (size_t)n;
+      while (niov > 0 && (size_t)n >= v->iov_len) {
+        n -= (ssize_t)v->iov_len;
+        v++;
+        niov--;
+      }
+      if (niov > 0) {
+        v->iov_base = (char *)v->iov_base + n;
+        v->iov_len -= (size_t)n;
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      int e = errno;
+      int code = e == EPIPE || e == ECONNRESET ? RMEM_ECLOSED : RMEM_ECONNECT;
+      return breakdown(c, fail(c, code, "send to %s: %s", c->peer, strerror(e)));
+    }
+    int ev = wait_fd(c, POLLOUT | POLLIN);
+    if (ev < 0)
+      return ev;
+    if (ev == 0)
+      /* Part of a frame may be on the wire: the stream cannot be resumed. */
+      return breakdown(c, fail(c, RMEM_ETIMEDOUT, "sending to %s: no progress within %d ms",
+                               c->peer, c->timeout_ms));
+    if (ev & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t r = rx_read(c);
+      if (r < 0)
+        return (int)r;
+    }
+  }
+  return 0;
+}
+
+/* Request helpers. */
+
+/* Registers a new call and starts its frame in `out`; the caller packs the
+ * request with p->msgid and then hands it to call(). */
+static rmem__pend *begin_call(rmem_client *c, msgpack_packer *pk, size_t *start) {
+  rmem__pend *p = pend_add(c, PEND_CALL);
+  if (p == NULL) {
+    fail(c, RMEM_ENOMEM, "out of memory");
+    return NULL;
+  }
+  *start = c->out.len;
+  codec_frame_begin(&c->out, pk);
+  return p;
+}
+
+/* Closes the frame that starts at `start` of `out`. */
+static int queue_end(rmem_client *c, size_t start) {
+  int rc = codec_frame_end(&c->out, start);
+  if (rc != 0) {
+    c->out.len = start;
+    c->out.oom = 0;
+    return fail(c, rc, "cannot build request: %s", rmem_strerror(rc));
+  }
+  return 0;
+}
+
+/* Turns an error object into a code and keeps its message. */
+static int reply_error(rmem_client *c, const msgpack_object *error) {
+  int code = RMEM_EPROTO;
+  char msg[sizeof(c->err)] = "";
+  if (msg_error_parse(error, &code, msg, sizeof(msg)) != 0 || code >= 0)
+    return fail(c, RMEM_EPROTO, "%s sent an invalid error object", c->peer);
+  snprintf(c->err, sizeof(c->err), "%s", msg[0] ? msg : rmem_strerror(code));
+  return code;
+}
+
+/* Waits for the reply to `msgid` and takes it off the pending list. */
+static int take_reply(rmem_client *c, uint32_t msgid, rmem__pend *out, rmem__frame **f) {
+  int rc = rx_until(c, msgid);
+  if (rc != 0)
+    return rc;
+  rmem__pend *p = pend_find(c, msgid);
+  *out = *p;
+  *f = p->reply;
+  pend_remove(c, p);
+  return 0;
+}
+
+/* Gives up on a request: its reply is dropped when it arrives. */
+static void abandon(rmem_client *c, uint32_t msgid) {
+  rmem__pend *p = pend_find(c, msgid);
+  if (p == NULL)
+    return;
+  if (p->reply) {
+    frame_put(c, p->reply);
+    pend_remove(c, p);
+    return;
+  }
+  p->abandoned = 1;
+  /* Its buffer may go away now: drop the rest of any data on its way there. */
+  if (c->rx_state == RX_DIRECT && c->direct_id == msgid)
+    c->direct_dst = NULL;
+}
+
+/* Sends the request framed at `start` of `out` and waits for its result,
+ * which the caller parses and then releases with frame_put. */
+static int call(rmem_client *c, const char *what, uint32_t msgid, size_t start, rmem__frame **f) {
+  *f = NULL;
+  int rc = queue_end(c, start);
+  if (rc != 0) {
+    pend_remove(c, pend_find(c, msgid));
+    return rc;
+  }
+  rc = tx_flush(c, NULL, 0);
+  if (rc == 0)
+    rc = take_reply(c, msgid, &(rmem__pend){0}, f);
+  if (rc != 0) {
+    abandon(c, msgid);
+    return rc;
+  }
+  if ((*f)->msg.error) {
+    rc = reply_error(c, (*f)->msg.error);
+  } else if ((*f)->msg.result == NULL) {
+    rc = fail(c, RMEM_EPROTO, "%s sent an empty result for %s", c->peer, what);
+  }
+  if (rc != 0) {
+    frame_put(c, *f);
+    *f = NULL;
+  }
+  return rc;
+}
+
+/* Connecting. */
+
+static void addr_str(const struct sockaddr *sa, socklen_t len, char *out, size_t n) {
+  char host[INET6_ADDRSTRLEN] = "?", serv[8] = "?";
+  getnameinfo(sa, len, host, sizeof(host), serv, sizeof(serv), NI_NUMERICHOST | NI_NUMERICSERV);
+  if (sa->sa_family == AF_INET6)
+    snprintf(out, n, "[%s]:%s", host, serv);
+  else
+    snprintf(out, n, "%s:%s", host, serv);
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connects to one address within the deadline (-1: none). Returns the fd, or
+ * a negative code with a message in c->err. */
+static int connect_one(rmem_client *c, const struct addrinfo *ai, long long deadline) {
+  addr_str(ai->ai_addr, ai->ai_addrlen, c->peer, sizeof(c->peer));
+  int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+  if (fd < 0)
+    return fail(c, RMEM_ECONNECT, "connect %s: socket: %s", c->peer, strerror(errno));
+  int err = 0;
+  if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+    err = errno;
+    if (err == EINPROGRESS || err == EINTR) {
+      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+      int n;
+      do {
+        int wait = -1;
+        if (deadline >= 0) {
+          long long left = deadline - now_ms();
+          wait = left > 0 ? (int)left : 0;
+        }
+        n = poll(&pfd, 1, wait);
+      } while (n < 0 && errno == EINTR);
+      if (n == 0) {
+        close(fd);
+        return fail(c, RMEM_ETIMEDOUT, "connect %s: timed out after %d ms", c->peer, c->timeout_ms);
+      }
+      socklen_t sl = sizeof(err);
+      if (n < 0)
+        err = errno;
+      else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) != 0)
+        err = errno;
+    }
+  }
+  if (err != 0) {
+    close(fd);
+    return fail(c, err == ETIMEDOUT ? RMEM_ETIMEDOUT : RMEM_ECONNECT, "connect %s: %s", c->peer,
+                strerror(err));
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
+static int hello(rmem_client *c) {
+  msgpack_packer pk;
+  size_t start;
+  rmem__pend *p = begin_call(c, &pk, &start);
+  if (p == NULL)
+    return RMEM_ENOMEM;
+  msg_hello_req req = {.version = CODEC_PROTOCOL_VERSION};
+  snprintf(req.client, sizeof(req.client), "librmem/%s", RMEM_VERSION);
+  msg_hello_req_pack(&pk, p->msgid, &req);
+  rmem__frame *f;
+  int rc = call(c, "hello", p->msgid, start, &f);
+  if (rc != 0) {
+    if (rc == RMEM_ETIMEDOUT)
+      fail(c, rc, "hello to %s: no reply within %d ms (is it an rmemd?)", c->peer, c->timeout_ms);
+    else if (rc == RMEM_EPROTO && strlen(c->err) + 20 < sizeof(c->err))
+      strcat(c->err, " (is it an rmemd?)");
+    return rc;
+  }
+  codec_err e = {0};
+  rc = msg_hello_res_parse(f->msg.result, &c->info, &e);
+  frame_put(c, f);
+  if (rc != 0)
+    return fail(c, RMEM_EPROTO, "%s sent an invalid hello reply: %s", c->peer, e.msg);
+  if (c->info.max_read == 0 || c->info.max_write == 0)
+    return fail(c, RMEM_EPROTO, "%s announced a zero max_read or max_write", c->peer);
+  if (c->info.max_frame > 0)
+    c->max_frame = c->info.max_frame;
+  c->window = RMEM__WINDOW;
+  if (c->info.max_inflight > 0 && c->info.max_inflight < c->window)
+    c->window = c->info.max_inflight;
+  return 0;
+}
+
+static int norm_timeout(int timeout_ms) {
+  if (timeout_ms == 0)
+    return RMEM__DEFAULT_TIMEOUT_MS;
+  return timeout_ms < 0 ? -1 : timeout_ms;
+}
+
+int rmem_connect(rmem_client **out, const char *host, uint16_t port, int timeout_ms) {
+  *out = NULL;
+  connect_err[0] = '\0';
+  rmem_client *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    snprintf(connect_err, sizeof(connect_err), "out of memory");
+    return RMEM_ENOMEM;
+  }
+  c->fd = -1;
+  c->next_id = 1;
+  c->max_frame = CODEC_DEFAULT_MAX_FRAME;
+  c->timeout_ms = norm_timeout(timeout_ms);
+  if (host == NULL || *host == '\0')
+    host = "127.0.0.1";
+  if (port == 0)
+    port = RMEM_DEFAULT_PORT;
+  snprintf(c->peer, sizeof(c->peer), "%s:%u", host, (unsigned)port);
+
+  char serv[8];
+  snprintf(serv, sizeof(serv), "%u", (unsigned)port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  int rc = getaddrinfo(host, serv, &hints, &res);
+  if (rc != 0) {
+    rc = fail(c, RMEM_ECONNECT, "resolve %s: %s", host,
+              rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+    goto exit;
+  }
+  long long deadline = c->timeout_ms < 0 ? -1 : now_ms() + c->timeout_ms;
+  rc = RMEM_ECONNECT;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    rc = connect_one(c, ai, deadline);
+    if (rc >= 0) {
+      c->fd = rc;
+      rc = 0;
+      break;
+    }
+    if (rc == RMEM_ETIMEDOUT)
+      break;
+  }
+  if (rc == 0)
+    rc = hello(c);
+
+exit:
+  if (res)
+    freeaddrinfo(res);
+  if (rc != 0) {
+    snprintf(connect_err, sizeof(connect_err), "%s", c->err);
+    rmem_close(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+void rmem_close(rmem_client *c) {
+  if (c == NULL)
+    return;
+  if (c->fd >= 0)
+    close(c->fd);
+  for (size_t i = 0; i < c->npend; i++)
+    frame_destroy(c->pend[i].reply);
+  free(c->pend);
+  frame_destroy(c->cur);
+  while (c->free_frames) {
+    rmem__frame *f = c->free_frames;
+    c->free_frames = f->next;
+    frame_destroy(f);
+  }
+  free(c->stage);
+  codec_buf_free(&c->out);
+  free(c->scratch.v);
+  free(c);
+}
+
+void rmem_set_timeout(rmem_client *c, int timeout_ms) {
+  c->timeout_ms = norm_timeout(timeout_ms);
+}
+
+const rmem_agent_info *rmem_info(const rmem_client *c) {
+  return &c->info;
+}
+
+const char *rmem_last_error(const rmem_client *c) {
+  return c ? c->err : connect_err;
+}
+
+/* ps and map. */
+
+int rmem_ps(rmem_client *c, rmem_proc_list *out) {
+  memset(out, 0, sizeof(*out));
+  int rc = check_usable(c);
+  if (rc != 0)
+    return rc;
+  msgpack_packer pk;
+  size_t start;
+  rmem__pend *p = begin_call(c, &pk, &start);
+  if (p == NULL)
+    return RMEM_ENOMEM;
+  msg_ps_req_pack(&pk, p->msgid);
+  rmem__frame *f;
+  rc = call(c, "ps", p->msgid, start, &f);
+  if (rc != 0)
+    return rc;
+  codec_err e = {0};
+  rc = msg_ps_res_parse(f->msg.result, out, &e);
+  frame_put(c, f);
+  if (rc != 0) {
+    rmem_proc_list_free(out);
+    return fail(c, RMEM_EPROTO, "%s sent an invalid ps reply: %s", c->peer, e.msg);
+  }
+  return 0;
+}
+
+int rmem_map(rmem_client *c, uint32_t pid, unsigned flags, rmem_memmap *out) {
+  memset(out, 0, sizeof(*out));
+  int rc = check_usable(c);
+  if (rc != 0)
+    return rc;
+  msg_map_req req = {
+      .pid = pid, .free = (flags & RMEM_MAP_FREE) != 0, .detail = (flags & RMEM_MAP_DETAIL) != 0};
+  for (;;) {
+    msgpack_packer pk;
+    size_t start;
+    rmem__pend *p = begin_call(c, &pk, &start);
+    if (p == NULL) {
+      rc = RMEM_ENOMEM;
+      break;
+    }
+    msg_map_req_pack(&pk, p->msgid, &req);
+    rmem__frame *f;
+    rc = call(c, "map", p->msgid, start, &f);
+    if (rc != 0)
+      break;
+    codec_err e = {0};
+    int has_next = 0;
+    uint64_t next = 0;
+    size_t before = out->n;
+    rc = msg_map_res_parse(f->msg.result, out, &has_next, &next, &e);
+    frame_put(c, f);
+    if (rc != 0) {
+      rc = fail(c, RMEM_EPROTO, "%s sent an invalid map reply: %s", c->peer, e.msg);
+      break;
+    }
+    if (!has_next)
+      break;
+    /* A continuation must move forward, or we would loop for ever. */
+    if (next <= req.start || out->n == before) {
+      rc = fail(c, RMEM_EPROTO, "%s sent a map continuation that does not advance (0x%llx)",
+                c->peer, (unsigned long long)next);
+      break;
+    }
+    req.start = next;
+  }
+  if (rc != 0) {
+    rmem_memmap_free(out);
+    return rc;
+  }
+  out->pid = pid;
+  return 0;
+}
+
+/* Read and write. */
+
+/* The hole reason for a request that failed with RMEM_EFAULT as a whole. The
+ * agent puts the reason in its message; when it does not, the reason is
+ * unknown and the hole keeps RMEM_EFAULT rather than a guess. */
+static int fault_reason(const char *msg) {
+  static const struct {
+    const char *needle;
+    int code;
+  } tab[] = {
+      {"RMEM_EUNMAPPED", RMEM_EUNMAPPED},
+      {"RMEM_EPROT", RMEM_EPROT},
+      {"RMEM_EIO", RMEM_EIO},
+      {"not mapped", RMEM_EUNMAPPED},
+      {"no access", RMEM_EPROT},
+      {"protection", RMEM_EPROT},
+      {"I/O error", RMEM_EIO},
+  };
+  for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) {
+    if (strstr(msg, tab[i].needle))
+      return tab[i].code;
+  }
+  return RMEM_EFAULT;
+}
+
+/* Appends a range, merging it with the last one when they touch and share a
+ * reason, as long as that one was added by this call (index >= `first`). */
+static int ranges_add(rmem_ranges *r, size_t first, uint64_t addr, uint64_t len, int code) {
+  if (r == NULL || len == 0)
+    return 0;
+  if (r->n > first) {
+    rmem_range *last = &r->v[r->n - 1];
+    if (last->addr + last->len == addr && last->code == code) {
+      last->len += len;
+      return 0;
+    }
+  }
+  return msg_ranges_push(r, addr, len, code);
+}
+
+/* Checks the ranges of one reply (in c->scratch) against its request
+ * [addr, addr+len): in order, disjoint, inside. Returns their byte total, or
+ * -1 when they are not. */
+static long long ranges_check(const rmem_ranges *r, uint64_t addr, uint64_t len) {
+  uint64_t at = addr, total = 0;
+  for (size_t i = 0; i < r->n; i++) {
+    const rmem_range *h = &r->v[i];
+    if (h->addr < at || h->len == 0 || h->len > len || h->addr - addr > len - h->len ||
+        h->code >= 0)
+      return -1;
+    at = h->addr + h->len;
+    total += h->len;
+  }
+  return (long long)total;
+}
+
+/* Completes a read or write from its reply. Ranges go to `ranges` (merged
+ * from index `first` on). Returns bytes transferred or a negative code. For
+ * RMEM_EFAULT, the whole request is recorded as one range too. */
+static ssize_t complete_io(rmem_client *c, const rmem__pend *p, rmem__frame *f, rmem_ranges *ranges,
+                           size_t first) {
+  const char *verb = p->kind == PEND_READ ? "read" : "write";
+  ssize_t rc;
+  c->scratch.n = 0;
+  if (f->msg.error) {
+    rc = reply_error(c, f->msg.error);
+    if (rc == RMEM_EFAULT) {
+      if (p->kind == PEND_READ)
+        memset(p->dest, 0, p->len);
+      if (ranges_add(ranges, first, p->addr, p->len, fault_reason(c->err)) != 0)
+        rc = fail(c, RMEM_ENOMEM, "out of memory");
+    }
+    goto exit;
+  }
+  codec_err e = {0};
+  uint64_t done = 0;
+  if (p->kind == PEND_READ) {
+    const char *data = NULL;
+    size_t n = 0;
+    rc = f->msg.result ? msg_read_res_parse(f->msg.result, &data, &n, &c->scratch, &e)
+                       : codec_fail(&e, RMEM_EPARAM, "no result");
+    /* With direct placement the data is in place already and the bin is empty. */
+    size_t want = p->direct ? 0 : p->len;
+    if (rc == 0 && n != want)
+      rc = codec_fail(&e, RMEM_EPARAM, "%zu bytes of data for a %zu-byte read", n, p->len);
+    if (rc == 0 && n > 0)
+      memcpy(p->dest, data, n);
+  } else {
+    rc = f->msg.result ? msg_write_res_parse(f->msg.result, &done, &c->scratch, &e)
+                       : codec_fail(&e, RMEM_EPARAM, "no result");
+  }
+  long long bad = rc == 0 ? ranges_check(&c->scratch, p->addr, p->len) : 0;
+  if (rc == 0 && bad < 0)
+    rc = codec_fail(&e, RMEM_EPARAM, "ranges outside the request or out of order");
+  if (rc == 0 && p->kind == PEND_WRITE && (done > p->len || done + (uint64_t)bad > p->len))
+    rc = codec_fail(&e, RMEM_EPARAM, "written %llu of %zu bytes with %lld failed",
+                    (unsigned long long)done, p->len, bad);
+  if (rc != 0) {
+    rc =
+        breakdown(c, fail(c, RMEM_EPROTO, "%s sent an invalid %s reply: %s", c->peer, verb, e.msg));
+    goto exit;
+  }
+  if (p->kind == PEND_READ)
+    done = p->len - (uint64_t)bad;
+  for (size_t i = 0; i < c->scratch.n; i++) {
+    const rmem_range *h = &c->scratch.v[i];
+    if (ranges_add(ranges, first, h->addr, h->len, h->code) != 0) {
+      rc = fail(c, RMEM_ENOMEM, "out of memory");
+      goto exit;
+    }
+  }
+  rc = (ssize_t)done;
+exit:
+  frame_put(c, f);
+  return rc;
+}
+
+/* Frames one read request into `out` and records it as pending. */
+static int queue_read(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t len,
+                      uint32_t *id) {
+  rmem__pend *p = pend_add(c, PEND_READ);
+  if (p == NULL)
+    return fail(c, RMEM_ENOMEM, "out of memory");
+  p->pid = pid;
+  p->addr = addr;
+  p->dest = buf;
+  p->len = len;
+  *id = p->msgid;
+  msgpack_packer pk;
+  size_t start = c->out.len;
+  codec_frame_begin(&c->out, &pk);
+  msg_read_req req = {.pid = pid, .addr = addr, .len = len};
+  msg_read_req_pack(&pk, *id, &req);
+  int rc = queue_end(c, start);
+  if (rc != 0)
+    pend_remove(c, pend_find(c, *id));
+  return rc;
+}
+
+/* Frames a write request's head into `out` (the data follows it on the wire,
+ * straight from the caller's buffer) and records it as pending. The fields
+ * are those of msg_write_req_pack, in the same order. */
+static int queue_write(rmem_client *c, uint32_t pid, uint64_t addr, size_t len, uint32_t *id) {
+  rmem__pend *p = pend_add(c, PEND_WRITE);
+  if (p == NULL)
+    return fail(c, RMEM_ENOMEM, "out of memory");
+  p->pid = pid;
+  p->addr = addr;
+  p->len = len;
+  *id = p->msgid;
+  msgpack_packer pk;
+  size_t start = c->out.len;
+  codec_frame_begin(&c->out, &pk);
+  codec_pack_request_head(&pk, *id, "write", 3);
+  codec_pack_str(&pk, "pid");
+  msgpack_pack_uint32(&pk, pid);
+  codec_pack_str(&pk, "addr");
+  msgpack_pack_uint64(&pk, addr);
+  codec_pack_str(&pk, "data");
+  msgpack_pack_bin(&pk, len);
+  int rc = c->out.oom ? RMEM_ENOMEM : 0;
+  if (rc == 0) {
+    size_t n = c->out.len - start - CODEC_FRAME_HDR + len;
+    if (n > UINT32_MAX)
+      rc = RMEM_ETOOBIG;
+    else
+      codec_frame_put_len(c->out.data + start, (uint32_t)n);
+  }
+  if (rc != 0) {
+    c->out.len = start;
+    c->out.oom = 0;
+    pend_remove(c, pend_find(c, *id));
+    return fail(c, rc, "cannot build write request: %s", rmem_strerror(rc));
+  }
+  return 0;
+}
+
+/* The longest piece one request may carry: the agent's limit, kept inside a
+ * frame. */
+static size_t piece_max(const rmem_client *c, uint64_t limit) {
+  uint64_t m = limit;
+  if (c->max_frame > 2 * RMEM__FRAME_SLACK && m > c->max_frame - RMEM__FRAME_SLACK)
+    m = c->max_frame - RMEM__FRAME_SLACK;
+  if (m > SIZE_MAX / 2)
+    m = SIZE_MAX / 2;
+  return m ? (size_t)m : 1;
+}
+
+static int check_range(rmem_client *c, const char *verb, uint64_t addr, size_t len) {
+  if (len > (size_t)SSIZE_MAX || (len > 0 && addr + (len - 1) < addr))
+    return fail(c, RMEM_EPARAM, "%s 0x%llx+0x%zx: range wraps around the address space", verb,
+                (unsigned long long)addr, len);
+  return 0;
+}
+
+int rmem_read_start(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t len,
+                    uint32_t *id) {
+  int rc = check_usable(c);
+  if (rc != 0)
+    return rc;
+  if (len > c->info.max_read)
+    return fail(c, RMEM_ETOOBIG, "read of %zu bytes is over the agent's max_read %llu", len,
+                (unsigned long long)c->info.max_read);
+  rc = check_range(c, "read", addr, len);
+  if (rc == 0)
+    rc = queue_read(c, pid, addr, buf, len, id);
+  if (rc == 0) {
+    rc = tx_flush(c, NULL, 0);
+    if (rc != 0)
+      abandon(c, *id);
+  }
+  return rc;
+}
+
+int rmem_write_start(rmem_client *c, uint32_t pid, uint64_t addr, const void *buf, size_t len,
+                     uint32_t *id) {
+  int rc = check_usable(c);
+  if (rc != 0)
+    return rc;
+  if (len > c->info.max_write)
+    return fail(c, RMEM_ETOOBIG, "write of %zu bytes is over the agent's max_write %llu", len,
+                (unsigned long long)c->info.max_write);
+  rc = check_range(c, "write", addr, len);
+  if (rc == 0)
+    rc = queue_write(c, pid, addr, len, id);
+  if (rc == 0) {
+    rc = tx_flush(c, buf, len);
+    if (rc != 0)
+      abandon(c, *id);
+  }
+  return rc;
+}
+
+ssize_t rmem_finish(rmem_client *c, uint32_t id, rmem_ranges *ranges) {
+  rmem__pend *p = pend_find(c, id);
+  if (p == NULL || p->kind == PEND_CALL || p->abandoned)
+    return fail(c, RMEM_EPARAM, "no read or write %u is pending", (unsigned)id);
+  rmem__pend pend;
+  rmem__frame *f;
+  int rc = take_reply(c, id, &pend, &f);
+  if (rc != 0) {
+    /* The request ends here either way, so the caller may free its buffer. */
+    abandon(c, id);
+    return rc;
+  }
+  ssize_t n = complete_io(c, &pend, f, ranges, ranges ? ranges->n : 0);
+  if (n == 0 && pend.len > 0)
+    return fail(c, RMEM_EFAULT, "%s pid %u 0x%llx+0x%zx: nothing could be transferred",
+                pend.kind == PEND_READ ? "read" : "write", (unsigned)pend.pid,
+                (unsigned long long)pend.addr, pend.len);
+  return n;
+}
+
+/* Moves `len` bytes at `addr` in pieces of at most `piece`, keeping up to
+ * `window` requests in flight. Reads land in `rbuf`, writes come from `wbuf`.
+ * Ranges are collected in address order since replies are consumed in the
+ * order the requests were sent. */
+static ssize_t transfer(rmem_client *c, int kind, uint32_t pid, uint64_t addr, void *rbuf,
+                        const void *wbuf, size_t len, rmem_ranges *ranges) {
+  const char *verb = kind == PEND_READ ? "read" : "write";
+  int rc = check_usable(c);
+  if (rc == 0)
+    rc = check_range(c, verb, addr, len);
+  if (rc != 0)
+    return rc;
+  if (len == 0)
+    return 0;
+  size_t piece = piece_max(c, kind == PEND_READ ? c->info.max_read : c->info.max_write);
+  size_t npieces = len / piece + (len % piece != 0);
+  size_t window = c->window ? c->window : 1;
+  uint32_t ids[RMEM__WINDOW];
+  size_t first = ranges ? ranges->n : 0;
+  size_t issued = 0, done = 0, total = 0;
+  ssize_t err = 0;
+  while (done < npieces) {
+    /* Keep the window full; reads go out together in one send. */
+    while (err == 0 && issued < npieces && issued - done < window) {
+      size_t off = issued * piece;
+      size_t n = len - off < piece ? len - off : piece;
+      uint32_t *id = &ids[issued % RMEM__WINDOW];
+      if (kind == PEND_READ) {
+        err = queue_read(c, pid, addr + off, (char *)rbuf + off, n, id);
+      } else {
+        err = queue_write(c, pid, addr + off, n, id);
+        if (err == 0)
+          err = tx_flush(c, (const char *)wbuf + off, n);
+      }
+      if (err == 0)
+        issued++;
+    }
+    if (err == 0 && kind == PEND_READ && c->out.len > 0)
+      err = tx_flush(c, NULL, 0);
+    if (err != 0)
+      break;
+    rmem__pend pend;
+    rmem__frame *f;
+    err = take_reply(c, ids[done % RMEM__WINDOW], &pend, &f);
+    if (err != 0)
+      break;
+    done++;
+    ssize_t n = complete_io(c, &pend, f, ranges, first);
+    if (n == RMEM_EFAULT)
+      continue; /* Recorded as a range; other pieces may still succeed. */
+    if (n < 0) {
+      err = n;
+      break;
+    }
+    total += (size_t)n;
+  }
+  if (err != 0) {
+    for (size_t i = done; i < issued; i++)
+      abandon(c, ids[i % RMEM__WINDOW]);
+    return err;
+  }
+  if (total == 0)
+    /* The agent's own message says it best when there was one request. */
+    return npieces == 1 ? RMEM_EFAULT
+                        : fail(c, RMEM_EFAULT, "%s pid %u 0x%llx+0x%zx: nothing could be %s", verb,
+                               (unsigned)pid, (unsigned long long)addr, len,
+                               kind == PEND_READ ? "read" : "written");
+  return (ssize_t)total;
+}
+
+ssize_t rmem_read(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t len,
+                  rmem_ranges *holes) {
+  return transfer(c, PEND_READ, pid, addr, buf, NULL, len, holes);
+}
+
+ssize_t rmem_write(rmem_client *c, uint32_t pid, uint64_t addr, const void *buf, size_t len,
+                   rmem_ranges *failed) {
+  return transfer(c, PEND_WRITE, pid, addr, NULL, buf, len, failed);
+}
+
+/* Results. Each accepts a zeroed struct. */
