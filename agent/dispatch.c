@@ -26,8 +26,9 @@ typedef struct {
 static int method_cmp(const void *key, const void *elem) {
   const name_key *k = key;
   const char *name = (*(const dispatch_method *const *)elem)->name;
-  size_t len = strlen(name);
-  int c = memcmp(k->p, name, k->n < len ? k->n : len);
+  size_t len = strlen(name), n = k->n < len ? k->n : len;
+  /* msgpack-c hands out NULL for an empty string: never memcmp through it. */
+  int c = n ? memcmp(k->p, name, n) : 0;
   if (c != 0)
     return c;
   return k->n < len ? -1 : k->n > len;
@@ -54,8 +55,8 @@ void dispatch_reply_begin(dispatch_job *j, msgpack_packer *pk) {
   codec_pack_result_head(pk, j->msgid);
 }
 
-static void reply_error(dispatch_session *s, dispatch_result *out, const uint32_t *msgid,
-                        int code, const char *msg) {
+static void reply_error(dispatch_session *s, dispatch_result *out, const uint32_t *msgid, int code,
+                        const char *msg) {
   codec_buf b;
   codec_buf_init(&b);
   if (codec_error_frame(&b, msgid, code, msg) != 0) {
@@ -115,8 +116,8 @@ void dispatch_frame(dispatch_session *s, const char *p, size_t n, dispatch_resul
   }
   const dispatch_method *m = lookup(msg.method, msg.method_len);
   if (m == NULL) {
-    snprintf(why, sizeof(why), "unknown method '%.*s'", (int)(msg.method_len > 64 ? 64 : msg.method_len),
-             msg.method);
+    snprintf(why, sizeof(why), "unknown method '%.*s'",
+             (int)(msg.method_len > 64 ? 64 : msg.method_len), msg.method);
     log_warn("conn %llu %s: %s", (unsigned long long)s->id, s->peer, why);
     reply_error(s, out, &msg.msgid, RMEM_ENOMETHOD, why);
     goto exit;

@@ -25,7 +25,8 @@ void log_printf(int level, const char *fmt, ...) {
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
   int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-  n += snprintf(line + n, sizeof(line) - n, ".%03ldZ rmemd %s: ", ts.tv_nsec / 1000000, names[level]);
+  n += snprintf(line + n, sizeof(line) - n, ".%03ldZ rmemd %s: ", ts.tv_nsec / 1000000,
+                names[level]);
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(line + n, sizeof(line) - n, fmt, ap);

@@ -48,9 +48,21 @@ static int parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out) 
   if (errno || end == s || *s == '-')
     return -1;
   switch (*end) {
-  case 'k': case 'K': v <<= 10; end++; break;
-  case 'm': case 'M': v <<= 20; end++; break;
-  case 'g': case 'G': v <<= 30; end++; break;
+  case 'k':
+  case 'K':
+    v <<= 10;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    v <<= 20;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    v <<= 30;
+    end++;
+    break;
   }
   if (*end || v < min || v > max)
     return -1;
@@ -96,8 +108,21 @@ int main(int argc, char **argv) {
   uint64_t port = RMEM_DEFAULT_PORT, max_frame = 16u << 20, max_read = 0, max_inflight = 64;
   uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4;
   int insecure = 0;
-  enum { O_LISTEN = 256, O_PORT, O_PORTFILE, O_LOG, O_FRAME, O_READ, O_INFLIGHT, O_OUTPUT,
-         O_CONNS, O_THREADS, O_INSECURE, O_VERSION, O_HELP };
+  enum {
+    O_LISTEN = 256,
+    O_PORT,
+    O_PORTFILE,
+    O_LOG,
+    O_FRAME,
+    O_READ,
+    O_INFLIGHT,
+    O_OUTPUT,
+    O_CONNS,
+    O_THREADS,
+    O_INSECURE,
+    O_VERSION,
+    O_HELP
+  };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},
       {"port", required_argument, 0, O_PORT},
@@ -118,20 +143,48 @@ int main(int argc, char **argv) {
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     int bad = 0;
     switch (o) {
-    case O_LISTEN: host = optarg; break;
-    case O_PORT: bad = parse_size(optarg, 0, 65535, &port); break;
-    case O_PORTFILE: port_file = optarg; break;
-    case O_LOG: bad = (log_level = log_parse_level(optarg)) < 0 ? (log_level = LOG_INFO, -1) : 0; break;
-    case O_FRAME: bad = parse_size(optarg, 4096, UINT32_MAX, &max_frame); break;
-    case O_READ: bad = parse_size(optarg, 1, UINT32_MAX, &max_read); break;
-    case O_INFLIGHT: bad = parse_size(optarg, 1, 65536, &max_inflight); break;
-    case O_OUTPUT: bad = parse_size(optarg, 4096, UINT64_MAX / 2, &max_output); break;
-    case O_CONNS: bad = parse_size(optarg, 1, 1 << 20, &max_conns); break;
-    case O_THREADS: bad = parse_size(optarg, 1, 1024, &threads); break;
-    case O_INSECURE: insecure = 1; break;
-    case O_VERSION: printf("rmemd %s\n", RMEM_VERSION); return 0;
-    case O_HELP: usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    case O_LISTEN:
+      host = optarg;
+      break;
+    case O_PORT:
+      bad = parse_size(optarg, 0, 65535, &port);
+      break;
+    case O_PORTFILE:
+      port_file = optarg;
+      break;
+    case O_LOG:
+      bad = (log_level = log_parse_level(optarg)) < 0 ? (log_level = LOG_INFO, -1) : 0;
+      break;
+    case O_FRAME:
+      bad = parse_size(optarg, 4096, UINT32_MAX, &max_frame);
+      break;
+    case O_READ:
+      bad = parse_size(optarg, 1, UINT32_MAX, &max_read);
+      break;
+    case O_INFLIGHT:
+      bad = parse_size(optarg, 1, 65536, &max_inflight);
+      break;
+    case O_OUTPUT:
+      bad = parse_size(optarg, 4096, UINT64_MAX / 2, &max_output);
+      break;
+    case O_CONNS:
+      bad = parse_size(optarg, 1, 1 << 20, &max_conns);
+      break;
+    case O_THREADS:
+      bad = parse_size(optarg, 1, 1024, &threads);
+      break;
+    case O_INSECURE:
+      insecure = 1;
+      break;
+    case O_VERSION:
+      printf("rmemd %s\n", RMEM_VERSION);
+      return 0;
+    case O_HELP:
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
     }
     if (bad) {
       fprintf(stderr, "rmemd: bad value for --%s: '%s'\n", opts[o - O_LISTEN].name, optarg);
@@ -150,8 +203,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (!is_loopback(host) && !insecure) {
-    fprintf(stderr, "rmemd: refusing to listen on %s without TLS; use a loopback address, or\n"
-                    "       --insecure-listen-any to expose process memory in the clear\n",
+    fprintf(stderr,
+            "rmemd: refusing to listen on %s without TLS; use a loopback address, or\n"
+            "       --insecure-listen-any to expose process memory in the clear\n",
             host);
     return 2;
   }

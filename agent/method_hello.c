@@ -30,7 +30,9 @@ static void hello_run(dispatch_job *j) {
   snprintf(info.agent, sizeof(info.agent), "rmemd/%s", RMEM_VERSION);
   snprintf(info.os, sizeof(info.os), "linux");
   struct utsname u;
-  snprintf(info.arch, sizeof(info.arch), "%s", uname(&u) == 0 ? u.machine : "unknown");
+  /* Machine names are short ("x86_64"); cut anything longer. */
+  const char *arch = uname(&u) == 0 ? u.machine : "unknown";
+  snprintf(info.arch, sizeof(info.arch), "%.15s", arch);
   info.page_size = (uint32_t)sysconf(_SC_PAGESIZE);
   info.pointer_size = sizeof(void *);
   info.max_frame = j->limits->max_frame;

@@ -35,7 +35,7 @@ int server_start(server *s, uv_loop_t *loop, const char *host, int port, int *bo
     rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&got, &len);
     if (rc == 0)
       *bound_port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
-                                                     : ((struct sockaddr_in *)&got)->sin_port);
+                                                    : ((struct sockaddr_in *)&got)->sin_port);
   }
   if (rc != 0)
     uv_close((uv_handle_t *)&s->listener, NULL);

@@ -53,8 +53,8 @@ ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ran
 
 /* Writes target memory through the debugger path for read-only pages; pages
  * with no access at all are not written. Failed ranges go to `failed`. */
-ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len,
-                     rmem_ranges *failed, codec_err *err);
+ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, rmem_ranges *failed,
+                     codec_err *err);
 
 /* Internal to the target module. */
 int target__read_file(const char *path, char **buf, size_t *len);

@@ -473,10 +473,10 @@ int target_map(uint32_t pid, unsigned flags, uint64_t start, rmem_memmap *out, c
       if (f && f->elf) {
         r->type = RMEM_TYPE_IMAGE;
         r->usage = RMEM_USAGE_MODULE;
-        r->main_exe = (have_exe && exe_st.st_ino == v->inode &&
-                       major(exe_st.st_dev) == v->dev_major &&
-                       minor(exe_st.st_dev) == v->dev_minor) ||
-                      (r->path && exe_path[0] && strcmp(r->path, exe_path) == 0);
+        r->main_exe =
+            (have_exe && exe_st.st_ino == v->inode && major(exe_st.st_dev) == v->dev_major &&
+             minor(exe_st.st_dev) == v->dev_minor) ||
+            (r->path && exe_path[0] && strcmp(r->path, exe_path) == 0);
       }
     }
     for (size_t k = 0; k < nsps; k++) {

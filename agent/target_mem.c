@@ -24,8 +24,8 @@ static uint64_t page_size(void) {
 
 /* Classifies the address `at` that a transfer could not cross: how far the
  * failure extends (up to `end`) and why. */
-static void classify(const target_vmas *m, uint64_t at, uint64_t end, uint32_t need,
-                     uint64_t *stop, int *code) {
+static void classify(const target_vmas *m, uint64_t at, uint64_t end, uint32_t need, uint64_t *stop,
+                     int *code) {
   size_t i = target_vmas_find(m, at);
   if (i == m->n || m->v[i].start > at) {
     *code = RMEM_EUNMAPPED;
@@ -116,8 +116,8 @@ exit:
   return rc;
 }
 
-ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len,
-                     rmem_ranges *failed, codec_err *err) {
+ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, rmem_ranges *failed,
+                     codec_err *err) {
   target_vmas m = {0};
   int have_maps = 0, memfd = -1;
   size_t first = failed->n;

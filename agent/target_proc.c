@@ -31,7 +31,8 @@ static int read_proc(uint32_t pid, long page, rmem_proc *p) {
   /* Fields after comm: state(3) ppid(4) ... num_threads(20) ... rss(24). */
   char *f[24] = {0};
   int nf = 0;
-  for (char *save, *t = strtok_r(close + 1, " ", &save); t && nf < 24; t = strtok_r(NULL, " ", &save))
+  for (char *save, *t = strtok_r(close + 1, " ", &save); t && nf < 24;
+       t = strtok_r(NULL, " ", &save))
     f[nf++] = t;
   if (nf >= 22) {
     p->state = f[0][0];
