@@ -50,7 +50,8 @@ struct dispatch_job {
   const dispatch_limits *limits; /* Agent-wide, outlives every job. */
   uint64_t cost;                 /* Reply bytes reserved against max_output. */
   codec_err err;                 /* err.code < 0: reply with this error. */
-  codec_buf out;                 /* The reply frame, built by run. */
+  codec_buf out;                 /* The reply frame, built by run (an error reply
+                                    that carries more than a message, too). */
   void *priv;                    /* priv_size bytes for the method. */
 };
 

@@ -42,6 +42,12 @@ static void read_run(dispatch_job *j) {
   if (n >= 0) {
     j->out.len += len;
     msg_read_res_tail(&pk, holes.v, holes.n);
+  } else if (n == RMEM_EFAULT) {
+    /* Nothing readable: the error carries the holes, so every byte has a reason. */
+    j->out.len = 0;
+    codec_frame_begin(&j->out, &pk);
+    msg_fault_pack(&pk, j->msgid, j->err.msg, holes.v, holes.n);
+    j->err.code = 0;
   }
   rmem_ranges_free(&holes);
 }

@@ -43,10 +43,15 @@ static void write_run(dispatch_job *j) {
   write_job *w = j->priv;
   rmem_ranges failed = {0};
   ssize_t n = target_write(w->pid, w->addr, w->data, w->len, &failed, &j->err);
+  msgpack_packer pk;
   if (n >= 0) {
-    msgpack_packer pk;
     codec_frame_begin(&j->out, &pk);
     msg_write_res_pack(&pk, j->msgid, (uint64_t)n, failed.v, failed.n);
+  } else if (n == RMEM_EFAULT) {
+    /* Nothing written: the error carries the failed ranges and their reasons. */
+    codec_frame_begin(&j->out, &pk);
+    msg_fault_pack(&pk, j->msgid, j->err.msg, failed.v, failed.n);
+    j->err.code = 0;
   }
   rmem_ranges_free(&failed);
 }

@@ -1003,29 +1003,6 @@ int rmem_map(rmem_client *c, uint32_t pid, unsigned flags, rmem_memmap *out) {
 
 /* Read and write. */
 
-/* The hole reason for a request that failed with RMEM_EFAULT as a whole. The
- * agent puts the reason in its message; when it does not, the reason is
- * unknown and the hole keeps RMEM_EFAULT rather than a guess. */
-static int fault_reason(const char *msg) {
-  static const struct {
-    const char *needle;
-    int code;
-  } tab[] = {
-      {"RMEM_EUNMAPPED", RMEM_EUNMAPPED},
-      {"RMEM_EPROT", RMEM_EPROT},
-      {"RMEM_EIO", RMEM_EIO},
-      {"not mapped", RMEM_EUNMAPPED},
-      {"no access", RMEM_EPROT},
-      {"protection", RMEM_EPROT},
-      {"I/O error", RMEM_EIO},
-  };
-  for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) {
-    if (strstr(msg, tab[i].needle))
-      return tab[i].code;
-  }
-  return RMEM_EFAULT;
-}
-
 /* Appends a range, merging it with the last one when they touch and share a
  * reason, as long as that one was added by this call (index >= `first`). */
 static int ranges_add(rmem_ranges *r, size_t first, uint64_t addr, uint64_t len, int code) {
@@ -1070,8 +1047,21 @@ static ssize_t complete_io(rmem_client *c, const rmem__pend *p, rmem__frame *f, 
     if (rc == RMEM_EFAULT) {
       if (p->kind == PEND_READ)
         memset(p->dest, 0, p->len);
-      if (ranges_add(ranges, first, p->addr, p->len, fault_reason(c->err)) != 0)
-        rc = fail(c, RMEM_ENOMEM, "out of memory");
+      /* The agent lists why for every byte; an agent that does not leaves the
+       * reason as RMEM_EFAULT rather than a guess. */
+      codec_err e = {0};
+      int got = msg_fault_parse(f->msg.error, &c->scratch, &e);
+      if (got < 0 ||
+          (got == 0 && ranges_check(&c->scratch, p->addr, p->len) != (long long)p->len)) {
+        rc = breakdown(c, fail(c, RMEM_EPROTO, "%s sent invalid holes with RMEM_EFAULT", c->peer));
+        goto exit;
+      }
+      if (got == 1)
+        msg_ranges_push(&c->scratch, p->addr, p->len, RMEM_EFAULT);
+      for (size_t i = 0; i < c->scratch.n; i++)
+        if (ranges_add(ranges, first, c->scratch.v[i].addr, c->scratch.v[i].len,
+                       c->scratch.v[i].code) != 0)
+          rc = fail(c, RMEM_ENOMEM, "out of memory");
     }
     goto exit;
   }

@@ -787,6 +787,28 @@ int msg_write_res_parse(const msgpack_object *result, uint64_t *written, rmem_ra
 
 /* errors */
 
+void msg_fault_pack(msgpack_packer *pk, uint32_t msgid, const char *message,
+                    const rmem_range *holes, size_t nholes) {
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, CODEC_RESPONSE);
+  msgpack_pack_uint32(pk, msgid);
+  msgpack_pack_map(pk, 4);
+  codec_pack_str(pk, "code");
+  msgpack_pack_int(pk, RMEM_EFAULT);
+  codec_pack_str(pk, "name");
+  codec_pack_str(pk, rmem_err_name(RMEM_EFAULT));
+  codec_pack_str(pk, "message");
+  codec_pack_str(pk, message);
+  pack_ranges(pk, "holes", holes, nholes);
+  msgpack_pack_nil(pk);
+}
+
+int msg_fault_parse(const msgpack_object *error, rmem_ranges *holes, codec_err *err) {
+  if (codec_map_get(error, "holes") == NULL)
+    return 1;
+  return ranges_parse(error, "holes", holes, err);
+}
+
 int msg_error_parse(const msgpack_object *error, int *code, char *msg, size_t msglen) {
   int c = 0;
   if (get_int(error, "code", 1, &c, NULL) != 0)

@@ -87,6 +87,15 @@ void msg_write_res_pack(msgpack_packer *pk, uint32_t msgid, uint64_t written,
 int msg_write_res_parse(const msgpack_object *result, uint64_t *written, rmem_ranges *failed,
                         codec_err *err);
 
+/* The error reply for a read or write in which not one byte could be
+ * transferred: [1, msgid, {code: RMEM_EFAULT, name, message, holes}, nil],
+ * where `holes` says why for every byte of the request. */
+void msg_fault_pack(msgpack_packer *pk, uint32_t msgid, const char *message,
+                    const rmem_range *holes, size_t nholes);
+/* Appends an error object's `holes` to `holes`. Returns 0, 1 when the error
+ * has none, or RMEM_EPROTO. */
+int msg_fault_parse(const msgpack_object *error, rmem_ranges *holes, codec_err *err);
+
 /* Parses an error object {code, name, message} into *code and msg. */
 int msg_error_parse(const msgpack_object *error, int *code, char *msg, size_t msglen);
 

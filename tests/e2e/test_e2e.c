@@ -514,6 +514,17 @@ static void test_read_unmapped(void **state) {
   memset(&holes, 0, sizeof(holes));
   assert_int_equal(rmem_read(S.c, S.pid, addr, buf, sizeof(buf), &holes), RMEM_EFAULT);
   assert_true(rmem_last_error(S.c)[0] != 0);
+  /* The error still says why, for every byte. */
+  assert_int_equal(holes.n, 1);
+  assert_int_equal(holes.v[0].addr, addr);
+  assert_int_equal(holes.v[0].len, sizeof(buf));
+  assert_int_equal(holes.v[0].code, RMEM_EUNMAPPED);
+  holes.n = 0;
+
+  /* Only the guard page: nothing readable, and the reason is its protection. */
+  assert_int_equal(rmem_read(S.c, S.pid, S.guard + S.page, buf, sizeof(buf), &holes), RMEM_EFAULT);
+  assert_int_equal(holes.n, 1);
+  assert_int_equal(holes.v[0].code, RMEM_EPROT);
   holes.n = 0;
 
   /* A read that runs off the end of a mapping into unmapped space. Prefer

@@ -667,12 +667,47 @@ static void test_error_nomsgid(void **state) {
   vec_done(&v, &up);
 }
 
+static void test_error_fault(void **state) {
+  vec v = vec_load("error.fault.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, 8, NULL);
+  assert_non_null(m.error);
+  assert_null(m.result);
+  int code;
+  char msg[256];
+  assert_int_equal(msg_error_parse(m.error, &code, msg, sizeof(msg)), 0);
+  assert_int_equal(code, RMEM_EFAULT);
+  assert_string_equal(msg, "read pid 4242 0x10000+0x2000: not mapped");
+  rmem_ranges holes = {0};
+  codec_err err;
+  assert_int_equal(msg_fault_parse(m.error, &holes, &err), 0);
+  static const rmem_range want[] = {{0x10000, 0x1000, RMEM_EUNMAPPED},
+                                    {0x11000, 0x1000, RMEM_EPROT}};
+  ranges_check(&holes, want, COUNT(want));
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_fault_pack(&pk, m.msgid, msg, holes.v, holes.n);
+  frame_check(&b, &v);
+  ranges_clear(&holes);
+  /* An error without holes says so, and adds nothing. */
+  vec e = vec_load("error.response.hex");
+  msgpack_unpacked up2;
+  codec_msg m2;
+  decode(&e, &up2, &m2, CODEC_RESPONSE, ID_ERROR, NULL);
+  assert_int_equal(msg_fault_parse(m2.error, &holes, &err), 1);
+  assert_int_equal(holes.n, 0);
+  vec_done(&e, &up2);
+  vec_done(&v, &up);
+}
+
 /* Every file in proto/vectors/ has a test above. */
 static const char *const vector_files[] = {
     "hello.request.hex",  "hello.response.hex",   "ps.request.hex",    "ps.response.hex",
     "map.request.hex",    "map.request.next.hex", "map.response.hex",  "map.response.next.hex",
     "read.request.hex",   "read.response.hex",    "write.request.hex", "write.response.hex",
-    "error.response.hex", "error.nomsgid.hex",
+    "error.response.hex", "error.nomsgid.hex",    "error.fault.hex",
 };
 
 static void test_all_vectors_tested(void **state) {
@@ -1027,29 +1062,18 @@ static void test_names(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hello_request),
-      cmocka_unit_test(test_hello_response),
-      cmocka_unit_test(test_ps_request),
-      cmocka_unit_test(test_ps_response),
-      cmocka_unit_test(test_map_request),
-      cmocka_unit_test(test_map_request_next),
-      cmocka_unit_test(test_map_response),
-      cmocka_unit_test(test_map_response_next),
-      cmocka_unit_test(test_read_request),
-      cmocka_unit_test(test_read_response),
-      cmocka_unit_test(test_write_request),
-      cmocka_unit_test(test_write_response),
-      cmocka_unit_test(test_error_response),
-      cmocka_unit_test(test_error_nomsgid),
-      cmocka_unit_test(test_all_vectors_tested),
-      cmocka_unit_test(test_request_errors),
-      cmocka_unit_test(test_hello_reply_errors),
-      cmocka_unit_test(test_ps_reply_errors),
-      cmocka_unit_test(test_map_reply_errors),
-      cmocka_unit_test(test_rw_reply_errors),
-      cmocka_unit_test(test_error_object),
-      cmocka_unit_test(test_ranges_push),
-      cmocka_unit_test(test_names),
+      cmocka_unit_test(test_hello_request),   cmocka_unit_test(test_hello_response),
+      cmocka_unit_test(test_ps_request),      cmocka_unit_test(test_ps_response),
+      cmocka_unit_test(test_map_request),     cmocka_unit_test(test_map_request_next),
+      cmocka_unit_test(test_map_response),    cmocka_unit_test(test_map_response_next),
+      cmocka_unit_test(test_read_request),    cmocka_unit_test(test_read_response),
+      cmocka_unit_test(test_write_request),   cmocka_unit_test(test_write_response),
+      cmocka_unit_test(test_error_response),  cmocka_unit_test(test_error_nomsgid),
+      cmocka_unit_test(test_error_fault),     cmocka_unit_test(test_all_vectors_tested),
+      cmocka_unit_test(test_request_errors),  cmocka_unit_test(test_hello_reply_errors),
+      cmocka_unit_test(test_ps_reply_errors), cmocka_unit_test(test_map_reply_errors),
+      cmocka_unit_test(test_rw_reply_errors), cmocka_unit_test(test_error_object),
+      cmocka_unit_test(test_ranges_push),     cmocka_unit_test(test_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
