@@ -50,11 +50,6 @@ int dispatch_fail(dispatch_job *j, int code, const char *fmt, ...) {
   return code;
 }
 
-void dispatch_reply_begin(dispatch_job *j, msgpack_packer *pk) {
-  codec_frame_begin(&j->out, pk);
-  codec_pack_result_head(pk, j->msgid);
-}
-
 static void reply_error(dispatch_session *s, dispatch_result *out, const uint32_t *msgid, int code,
                         const char *msg) {
   codec_buf b;

@@ -78,7 +78,5 @@ extern const size_t dispatch_nmethods;
 /* Helpers for methods: fail the job with a code and a message. */
 int dispatch_fail(dispatch_job *j, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Starts the reply frame in j->out: [1, msgid, nil, ...]. */
-void dispatch_reply_begin(dispatch_job *j, msgpack_packer *pk);
 
 #endif

@@ -49,18 +49,11 @@ static void map_run(dispatch_job *j) {
     dispatch_fail(j, RMEM_ETOOBIG, "map: one region does not fit max_frame");
   } else {
     msgpack_packer pk;
-    dispatch_reply_begin(j, &pk);
     int more = fit < map.n;
-    msgpack_pack_map(&pk, more ? 3 : 2);
-    codec_pack_str(&pk, "pid");
-    msgpack_pack_uint32(&pk, m->req.pid);
-    codec_pack_str(&pk, "regions");
-    msgpack_pack_array(&pk, (uint32_t)fit);
+    codec_frame_begin(&j->out, &pk);
+    msg_map_res_head(&pk, j->msgid, m->req.pid, fit, more);
     codec_buf_write(&j->out, regions.data, regions.len);
-    if (more) {
-      codec_pack_str(&pk, "next");
-      msgpack_pack_uint64(&pk, map.regions[fit].base);
-    }
+    msg_map_res_tail(&pk, more, more ? map.regions[fit].base : 0);
   }
   codec_buf_free(&regions);
   rmem_memmap_free(&map);

@@ -1131,8 +1131,7 @@ static int queue_read(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, si
 }
 
 /* Frames a write request's head into `out` (the data follows it on the wire,
- * straight from the caller's buffer) and records it as pending. The fields
- * are those of msg_write_req_pack, in the same order. */
+ * straight from the caller's buffer) and records it as pending. */
 static int queue_write(rmem_client *c, uint32_t pid, uint64_t addr, size_t len, uint32_t *id) {
   rmem__pend *p = pend_add(c, PEND_WRITE);
   if (p == NULL)
@@ -1144,13 +1143,7 @@ static int queue_write(rmem_client *c, uint32_t pid, uint64_t addr, size_t len, 
   msgpack_packer pk;
   size_t start = c->out.len;
   codec_frame_begin(&c->out, &pk);
-  codec_pack_request_head(&pk, *id, "write", 3);
-  codec_pack_str(&pk, "pid");
-  msgpack_pack_uint32(&pk, pid);
-  codec_pack_str(&pk, "addr");
-  msgpack_pack_uint64(&pk, addr);
-  codec_pack_str(&pk, "data");
-  msgpack_pack_bin(&pk, len);
+  msg_write_req_head(&pk, *id, pid, addr, len);
   int rc = c->out.oom ? RMEM_ENOMEM : 0;
   if (rc == 0) {
     size_t n = c->out.len - start - CODEC_FRAME_HDR + len;

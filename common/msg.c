@@ -537,17 +537,25 @@ void msg_region_pack(msgpack_packer *pk, const rmem_region *r) {
   }
 }
 
-void msg_map_res_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const rmem_region *r,
-                      size_t n, int has_next, uint64_t next) {
+void msg_map_res_head(msgpack_packer *pk, uint32_t msgid, uint32_t pid, size_t n, int has_next) {
   codec_pack_result_head(pk, msgid);
   msgpack_pack_map(pk, has_next ? 3 : 2);
   pack_u64(pk, "pid", pid);
   codec_pack_str(pk, "regions");
   msgpack_pack_array(pk, n);
-  for (size_t i = 0; i < n; i++)
-    msg_region_pack(pk, &r[i]);
+}
+
+void msg_map_res_tail(msgpack_packer *pk, int has_next, uint64_t next) {
   if (has_next)
     pack_u64(pk, "next", next);
+}
+
+void msg_map_res_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const rmem_region *r,
+                      size_t n, int has_next, uint64_t next) {
+  msg_map_res_head(pk, msgid, pid, n, has_next);
+  for (size_t i = 0; i < n; i++)
+    msg_region_pack(pk, &r[i]);
+  msg_map_res_tail(pk, has_next, next);
 }
 
 /* Parses hex digits "major:minor" as in /proc/PID/maps. */
@@ -745,12 +753,17 @@ int msg_read_res_parse(const msgpack_object *result, const char **data, size_t *
 
 /* write */
 
-void msg_write_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_write_req *req) {
+void msg_write_req_head(msgpack_packer *pk, uint32_t msgid, uint32_t pid, uint64_t addr,
+                        size_t len) {
   codec_pack_request_head(pk, msgid, "write", 3);
-  pack_u64(pk, "pid", req->pid);
-  pack_u64(pk, "addr", req->addr);
+  pack_u64(pk, "pid", pid);
+  pack_u64(pk, "addr", addr);
   codec_pack_str(pk, "data");
-  msgpack_pack_bin(pk, req->len);
+  msgpack_pack_bin(pk, len);
+}
+
+void msg_write_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_write_req *req) {
+  msg_write_req_head(pk, msgid, req->pid, req->addr, req->len);
   if (req->len)
     msgpack_pack_bin_body(pk, req->data, req->len);
 }

@@ -42,6 +42,11 @@ int msg_map_req_parse(const msgpack_object *params, msg_map_req *req, codec_err 
 /* Packs {pid, regions, next?}; `next` is packed only when has_next. */
 void msg_map_res_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const rmem_region *r,
                       size_t n, int has_next, uint64_t next);
+/* msg_map_res_pack in pieces: the head up to the regions' array header, then
+ * n regions packed by the caller, then the tail. The agent packs regions
+ * first to see how many fit a frame. */
+void msg_map_res_head(msgpack_packer *pk, uint32_t msgid, uint32_t pid, size_t n, int has_next);
+void msg_map_res_tail(msgpack_packer *pk, int has_next, uint64_t next);
 /* Packs one region map; the agent uses it to size replies region by region. */
 void msg_region_pack(msgpack_packer *pk, const rmem_region *r);
 /* Appends the regions of `result` to `out` (so continued maps join up) and
@@ -81,6 +86,10 @@ typedef struct {
 } msg_write_req;
 
 void msg_write_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_write_req *req);
+/* Everything of msg_write_req_pack up to and including the bin header, so a
+ * client can send the data from the caller's buffer without copying it. */
+void msg_write_req_head(msgpack_packer *pk, uint32_t msgid, uint32_t pid, uint64_t addr,
+                        size_t len);
 int msg_write_req_parse(const msgpack_object *params, msg_write_req *req, codec_err *err);
 void msg_write_res_pack(msgpack_packer *pk, uint32_t msgid, uint64_t written,
                         const rmem_range *failed, size_t nfailed);

@@ -81,6 +81,10 @@ static uint16_t read_port(const char *path) {
 }
 
 int h_agent_start(h_agent *a, const char *const *prefix) {
+  return h_agent_start_args(a, prefix, NULL);
+}
+
+int h_agent_start_args(h_agent *a, const char *const *prefix, const char *const *extra) {
   memset(a, 0, sizeof(*a));
   signal(SIGPIPE, SIG_IGN);
   snprintf(a->dir, sizeof(a->dir), "/tmp/rmem-e2e-XXXXXX");
@@ -105,6 +109,8 @@ int h_agent_start(h_agent *a, const char *const *prefix) {
   argv[k++] = a->portfile;
   argv[k++] = "--log-level";
   argv[k++] = "warn";
+  for (size_t i = 0; extra && extra[i] && k < 31; i++)
+    argv[k++] = extra[i];
   argv[k] = NULL;
 
   pid_t pid = fork();

@@ -26,6 +26,8 @@ typedef struct {
  * the port file. `prefix`, when not NULL, is a NULL-terminated argv run in
  * front of the agent (such as setpriv and its options). */
 int h_agent_start(h_agent *a, const char *const *prefix);
+/* The same, with `extra` (NULL-terminated, may be NULL) appended to the agent's options. */
+int h_agent_start_args(h_agent *a, const char *const *prefix, const char *const *extra);
 /* Sends SIGTERM and waits (10 s at most, then SIGKILL). Returns the exit
  * status (0 is a clean exit), 128 + signal when killed by one, or -1. */
 int h_agent_stop(h_agent *a);

@@ -752,6 +752,32 @@ static void test_map_many_regions(void **state) {
   free(o);
   rmem_memmap_free(&m);
 
+  /* An agent with a small max_frame sends the map in pieces (`next`), and
+   * librmem joins them: the result is the same map. */
+  h_agent small;
+  const char *opts[] = {"--max-frame", "65536", NULL};
+  assert_int_equal(h_agent_start_args(&small, NULL, opts), 0);
+  rmem_client *sc;
+  assert_int_equal(rmem_connect(&sc, "127.0.0.1", small.port, 10000), 0);
+  rmem_memmap pieces;
+  memset(&pieces, 0, sizeof(pieces));
+  assert_int_equal(rmem_map(sc, pid, RMEM_MAP_FREE, &pieces), 0);
+  rmem_memmap whole;
+  memset(&whole, 0, sizeof(whole));
+  assert_int_equal(rmem_map(S.c, pid, RMEM_MAP_FREE, &whole), 0);
+  assert_true(whole.n > 10000);
+  assert_int_equal(pieces.n, whole.n);
+  for (size_t i = 0; i < whole.n; i++) {
+    assert_int_equal(pieces.regions[i].base, whole.regions[i].base);
+    assert_int_equal(pieces.regions[i].size, whole.regions[i].size);
+    assert_int_equal(pieces.regions[i].state, whole.regions[i].state);
+    assert_int_equal(pieces.regions[i].alloc_base, whole.regions[i].alloc_base);
+  }
+  rmem_memmap_free(&pieces);
+  rmem_memmap_free(&whole);
+  rmem_close(sc);
+  assert_int_equal(h_agent_stop(&small), 0);
+
   /* With detail and free gaps too: still whole. */
   memset(&m, 0, sizeof(m));
   t0 = h_now_ms();
