@@ -16,10 +16,9 @@
 
 int target__errno(int e, uint32_t pid, const char *what, codec_err *err) {
   int code = rmem_err_from_errno(e);
+  /* Clients print the code's own text before this message: do not repeat it. */
   if (code == RMEM_ENOPROC)
-    return codec_fail(err, code, "no process %u", pid);
-  if (code == RMEM_EPERM)
-    return codec_fail(err, code, "%s of pid %u: %s", what, pid, strerror(e));
+    return codec_fail(err, code, "pid %u", pid);
   return codec_fail(err, code, "%s of pid %u: %s", what, pid, strerror(e));
 }
 
