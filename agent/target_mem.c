@@ -22,37 +22,38 @@ static uint64_t page_size(void) {
   return (uint64_t)ps;
 }
 
-/* Classifies the address `at` that a transfer could not cross: how far the
- * failure extends (up to `end`) and why. */
-static void classify(const target_vmas *m, uint64_t at, uint64_t end, uint32_t need, uint64_t *stop,
+/* Classifies the address `at` that a transfer could not cross: how many of
+ * the `left` bytes from there fail (*n) and why. Works in lengths, not end
+ * addresses, so a range that ends exactly at 2^64 does not wrap. */
+static void classify(const target_vmas *m, uint64_t at, uint64_t left, uint32_t need, uint64_t *n,
                      int *code) {
   size_t i = target_vmas_find(m, at);
+  uint64_t span;
   if (i == m->n || m->v[i].start > at) {
     *code = RMEM_EUNMAPPED;
-    *stop = i == m->n ? end : m->v[i].start;
+    span = i == m->n ? left : m->v[i].start - at;
   } else if ((m->v[i].prot & need) == 0) {
     *code = RMEM_EPROT;
-    *stop = m->v[i].end;
+    span = m->v[i].end - at;
   } else {
     /* Mapped and accessible, yet the page could not be brought in. */
     *code = RMEM_EIO;
-    *stop = (at & ~(page_size() - 1)) + page_size();
+    span = page_size() - (at & (page_size() - 1));
   }
-  if (*stop > end || *stop <= at)
-    *stop = end;
+  *n = span < left && span > 0 ? span : left;
 }
 
-/* Records [at, stop) as failed, merging with the previous range of the same
- * reason. */
-static int push_hole(rmem_ranges *r, uint64_t at, uint64_t stop, int code) {
+/* Records `n` bytes at `at` as failed, merging with the previous range of
+ * the same reason. */
+static int push_hole(rmem_ranges *r, uint64_t at, uint64_t n, int code) {
   if (r->n > 0) {
     rmem_range *last = &r->v[r->n - 1];
     if (last->addr + last->len == at && last->code == code) {
-      last->len += stop - at;
+      last->len += n;
       return 0;
     }
   }
-  return msg_ranges_push(r, at, stop - at, code);
+  return msg_ranges_push(r, at, n, code);
 }
 
 static const char *reason(int code) {
@@ -98,15 +99,15 @@ ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ran
         goto exit;
       have_maps = 1;
     }
-    uint64_t at = addr + done, stop;
+    uint64_t at = addr + done, hole;
     int code;
-    classify(&m, at, addr + len, RMEM_PROT_R, &stop, &code);
-    memset((char *)buf + done, 0, stop - at);
-    if (push_hole(holes, at, stop, code) != 0) {
+    classify(&m, at, len - done, RMEM_PROT_R, &hole, &code);
+    memset((char *)buf + done, 0, hole);
+    if (push_hole(holes, at, hole, code) != 0) {
       rc = codec_fail(err, RMEM_ENOMEM, "read: out of memory");
       goto exit;
     }
-    done = stop - addr;
+    done += hole;
   }
   rc = (ssize_t)got;
   if (got == 0 && len > 0)
@@ -146,21 +147,21 @@ ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, r
         goto exit;
       have_maps = 1;
     }
-    uint64_t at = addr + done, stop;
+    uint64_t at = addr + done, hole;
     int code;
     /* Pages that are at least readable or executable take the debugger path;
      * pages with no access at all (guards, reservations) are left alone. */
-    classify(&m, at, addr + len, RMEM_PROT_R | RMEM_PROT_W | RMEM_PROT_X, &stop, &code);
+    classify(&m, at, len - done, RMEM_PROT_R | RMEM_PROT_W | RMEM_PROT_X, &hole, &code);
     if (code == RMEM_EIO) {
       size_t i = target_vmas_find(&m, at);
-      uint64_t vend = m.v[i].end < addr + len ? m.v[i].end : addr + len;
+      uint64_t vleft = m.v[i].end - at < len - done ? m.v[i].end - at : len - done;
       if (memfd < 0) {
         char path[64];
         snprintf(path, sizeof(path), "/proc/%u/mem", pid);
         memfd = open(path, O_RDWR | O_CLOEXEC);
       }
       ssize_t w = memfd >= 0 && at <= INT64_MAX
-                      ? pwrite(memfd, (const char *)buf + done, vend - at, (off_t)at)
+                      ? pwrite(memfd, (const char *)buf + done, vleft, (off_t)at)
                       : -1;
       if (w > 0) {
         done += (uint64_t)w;
@@ -168,11 +169,11 @@ ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, r
         continue;
       }
     }
-    if (push_hole(failed, at, stop, code) != 0) {
+    if (push_hole(failed, at, hole, code) != 0) {
       rc = codec_fail(err, RMEM_ENOMEM, "write: out of memory");
       goto exit;
     }
-    done = stop - addr;
+    done += hole;
   }
   rc = (ssize_t)put;
   if (put == 0 && len > 0)
