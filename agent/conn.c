@@ -14,13 +14,15 @@
 
 struct conn {
   uv_tcp_t tcp;
+  uv_timer_t hello_timer;
   server *srv;
   conn *prev, *next;
   dispatch_session session;
   char peer[64];
-  int refs; /* One for the open handle, one per job in flight. */
+  int refs; /* One per open handle (socket, timer), one per job in flight. */
   int closing;
   int reading;
+  int eof;               /* The peer finished sending: answer what it sent, then close. */
   int close_after_flush; /* Set after a framing error: reply, then close. */
   char *in;              /* Received bytes not yet dispatched. */
   size_t in_len, in_cap;
@@ -62,7 +64,8 @@ static void conn__unref(conn *c) {
 
 static void conn__on_close(uv_handle_t *h) {
   conn *c = h->data;
-  log_info("conn %llu %s: closed", (unsigned long long)c->session.id, c->peer);
+  if (h == (uv_handle_t *)&c->tcp)
+    log_info("conn %llu %s: closed", (unsigned long long)c->session.id, c->peer);
   conn__unref(c);
 }
 
@@ -72,6 +75,16 @@ void conn_close(conn *c) {
   c->closing = 1;
   uv_read_stop((uv_stream_t *)&c->tcp);
   uv_close((uv_handle_t *)&c->tcp, conn__on_close);
+  uv_close((uv_handle_t *)&c->hello_timer, conn__on_close);
+}
+
+static void conn__on_hello_timeout(uv_timer_t *t) {
+  conn *c = t->data;
+  if (c->session.hello_done || c->closing)
+    return;
+  log_warn("conn %llu %s: no hello within %llu ms", (unsigned long long)c->session.id, c->peer,
+           (unsigned long long)c->srv->hello_timeout_ms);
+  conn_close(c);
 }
 
 void conn_close_all(server *srv) {
@@ -237,6 +250,20 @@ static void conn__process(conn *c) {
   }
   if (c->closing)
     return;
+  if (c->eof) {
+    /* Whole frames still waiting behind the caps are answered; a partial
+     * frame can never complete. */
+    int partial = c->in_len > 0 && (c->in_len < CODEC_FRAME_HDR ||
+                                    c->in_len - CODEC_FRAME_HDR < codec_frame_len(c->in));
+    if (partial) {
+      log_info("conn %llu %s: closed in the middle of a frame", (unsigned long long)c->session.id,
+               c->peer);
+      conn_close(c);
+    } else if (c->in_len == 0 && c->inflight == 0 && c->out_pending == 0) {
+      conn_close(c);
+    }
+    return;
+  }
   int want = !c->close_after_flush && !conn__over_caps(c);
   if (want && !c->reading) {
     if (uv_read_start((uv_stream_t *)&c->tcp, conn__on_alloc, conn__on_read) == 0)
@@ -247,18 +274,24 @@ static void conn__process(conn *c) {
   }
 }
 
-/* Hands libuv the free tail of the input buffer, grown to hold the whole
- * frame being received (its length was checked against max_frame). */
+/* Hands libuv the free tail of the input buffer. The buffer grows by
+ * doubling as bytes arrive, up to the frame being received (its length was
+ * checked against max_frame): a 4-byte header alone cannot make the agent
+ * allocate the whole frame. */
 static void conn__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   conn *c = h->data;
-  size_t need = CONN_INBUF_MIN;
-  if (c->in_len >= CODEC_FRAME_HDR) {
-    uint64_t n = codec_frame_len(c->in);
-    if (n <= c->srv->limits.max_frame && CODEC_FRAME_HDR + n > need)
-      need = CODEC_FRAME_HDR + n;
+  size_t need = c->in_cap;
+  if (c->in_cap - c->in_len < CONN_INBUF_MIN / 4) {
+    size_t limit = CONN_INBUF_MIN;
+    if (c->in_len >= CODEC_FRAME_HDR) {
+      uint64_t n = codec_frame_len(c->in);
+      if (n <= c->srv->limits.max_frame && CODEC_FRAME_HDR + n > limit)
+        limit = CODEC_FRAME_HDR + n;
+    }
+    need = c->in_cap * 2 < limit ? c->in_cap * 2 : limit;
+    if (need < c->in_len + CONN_INBUF_MIN / 4)
+      need = c->in_len + CONN_INBUF_MIN / 4;
   }
-  if (c->in_cap - c->in_len < CONN_INBUF_MIN / 4 && need <= c->in_cap)
-    need = c->in_cap * 2;
   if (need > c->in_cap) {
     char *p = realloc(c->in, need);
     if (p != NULL) {
@@ -271,13 +304,17 @@ static void conn__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void conn__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   conn *c = s->data;
+  if (nread == UV_EOF) {
+    /* A half-close still gets its answers: see conn__process. */
+    c->eof = 1;
+    uv_read_stop(s);
+    c->reading = 0;
+    conn__process(c);
+    return;
+  }
   if (nread < 0) {
-    if (nread != UV_EOF)
-      log_info("conn %llu %s: read: %s", (unsigned long long)c->session.id, c->peer,
-               uv_strerror((int)nread));
-    else if (c->in_len > 0)
-      log_info("conn %llu %s: closed in the middle of a frame", (unsigned long long)c->session.id,
-               c->peer);
+    log_info("conn %llu %s: read: %s", (unsigned long long)c->session.id, c->peer,
+             uv_strerror((int)nread));
     conn_close(c);
     return;
   }
@@ -316,12 +353,14 @@ int conn_accept(server *srv, uv_stream_t *listener) {
   }
   c->in_cap = CONN_INBUF_MIN;
   c->srv = srv;
-  c->refs = 1;
+  c->refs = 2;
   c->session.id = ++srv->next_conn_id;
   c->session.peer = c->peer;
   c->session.limits = &srv->limits;
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
+  uv_timer_init(srv->loop, &c->hello_timer);
+  c->hello_timer.data = c;
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;
@@ -347,6 +386,7 @@ int conn_accept(server *srv, uv_stream_t *listener) {
     conn__write(c, frame, len);
     return 0;
   }
+  uv_timer_start(&c->hello_timer, conn__on_hello_timeout, c->srv->hello_timeout_ms, 0);
   conn__process(c);
   return 0;
 }

@@ -23,13 +23,16 @@ static void usage(FILE *f) {
           "  --port PORT          TCP port, 0 picks a free one (default %d)\n"
           "  --port-file FILE     write the bound port to FILE once listening\n"
           "  --log-level LEVEL    error, warn, info or debug (default info)\n"
-          "  --max-frame BYTES    longest frame accepted or sent (default 16777216)\n"
+          "  --max-frame BYTES    longest frame accepted or sent, at least 64K\n"
+          "                       (default 16M)\n"
           "  --max-read BYTES     longest single read (default max-frame / 2)\n"
           "  --max-inflight N     requests in flight per connection (default 64)\n"
           "  --max-output BYTES   unsent reply bytes per connection before\n"
           "                       backpressure (default 64 MiB)\n"
           "  --max-conns N        concurrent connections (default 1024)\n"
           "  --threads N          worker threads for target I/O (default 4)\n"
+          "  --hello-timeout MS   close connections that have not said hello by then\n"
+          "                       (default 10000)\n"
           "  --insecure-listen-any\n"
           "                       allow a non-loopback address without TLS (the traffic\n"
           "                       and the target's memory are then open to the network)\n"
@@ -41,43 +44,28 @@ static void usage(FILE *f) {
           RMEM_DEFAULT_PORT);
 }
 
-static int parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
+/* Parses a count, or with `units` a size with an optional K, M or G suffix. */
+static int parse_num(const char *s, int units, uint64_t min, uint64_t max, uint64_t *out) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 0);
   if (errno || end == s || *s == '-')
     return -1;
-  switch (*end) {
-  case 'k':
-  case 'K':
-    v <<= 10;
+  int shift = 0;
+  if (units && *end) {
+    const char *u = strchr("kKmMgG", *end);
+    if (u == NULL)
+      return -1;
+    shift = 10 * (int)(1 + (u - "kKmMgG") / 2);
     end++;
-    break;
-  case 'm':
-  case 'M':
-    v <<= 20;
-    end++;
-    break;
-  case 'g':
-  case 'G':
-    v <<= 30;
-    end++;
-    break;
   }
-  if (*end || v < min || v > max)
+  if (*end || (shift && v > (UINT64_MAX >> shift)))
+    return -1;
+  v <<= shift;
+  if (v < min || v > max)
     return -1;
   *out = v;
   return 0;
-}
-
-static int is_loopback(const char *host) {
-  struct in_addr a4;
-  struct in6_addr a6;
-  if (inet_pton(AF_INET, host, &a4) == 1)
-    return (ntohl(a4.s_addr) >> 24) == 127;
-  if (inet_pton(AF_INET6, host, &a6) == 1)
-    return IN6_IS_ADDR_LOOPBACK(&a6);
-  return strcmp(host, "localhost") == 0;
 }
 
 static int write_port_file(const char *path, int port) {
@@ -96,17 +84,33 @@ static int write_port_file(const char *path, int port) {
 static server srv;
 static uv_signal_t sigint_h, sigterm_h;
 
+static uv_timer_t grace_h;
+
+/* Jobs still running this long after a shutdown began are stuck on a target
+ * (a D-state process, a FUSE-backed mapping): exit without them. */
+#define SHUTDOWN_GRACE_MS 5000
+
+static void on_grace(uv_timer_t *t) {
+  log_error("work on a target is still blocked %d ms after shutdown; exiting anyway",
+            SHUTDOWN_GRACE_MS);
+  exit(1);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   log_info("signal %d: shutting down", signum);
   server_stop(&srv);
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
+  /* Unreferenced: a loop with nothing else left ends without waiting for it. */
+  uv_timer_init(h->loop, &grace_h);
+  uv_timer_start(&grace_h, on_grace, SHUTDOWN_GRACE_MS, 0);
+  uv_unref((uv_handle_t *)&grace_h);
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1", *port_file = NULL;
   uint64_t port = RMEM_DEFAULT_PORT, max_frame = 16u << 20, max_read = 0, max_inflight = 64;
-  uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4;
+  uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4, hello_timeout = 10000;
   int insecure = 0;
   enum {
     O_LISTEN = 256,
@@ -119,6 +123,7 @@ int main(int argc, char **argv) {
     O_OUTPUT,
     O_CONNS,
     O_THREADS,
+    O_HELLO_TIMEOUT,
     O_INSECURE,
     O_VERSION,
     O_HELP
@@ -134,6 +139,7 @@ int main(int argc, char **argv) {
       {"max-output", required_argument, 0, O_OUTPUT},
       {"max-conns", required_argument, 0, O_CONNS},
       {"threads", required_argument, 0, O_THREADS},
+      {"hello-timeout", required_argument, 0, O_HELLO_TIMEOUT},
       {"insecure-listen-any", no_argument, 0, O_INSECURE},
       {"version", no_argument, 0, O_VERSION},
       {"help", no_argument, 0, O_HELP},
@@ -147,7 +153,7 @@ int main(int argc, char **argv) {
       host = optarg;
       break;
     case O_PORT:
-      bad = parse_size(optarg, 0, 65535, &port);
+      bad = parse_num(optarg, 0, 0, 65535, &port);
       break;
     case O_PORTFILE:
       port_file = optarg;
@@ -156,22 +162,25 @@ int main(int argc, char **argv) {
       bad = (log_level = log_parse_level(optarg)) < 0 ? (log_level = LOG_INFO, -1) : 0;
       break;
     case O_FRAME:
-      bad = parse_size(optarg, 4096, UINT32_MAX, &max_frame);
+      bad = parse_num(optarg, 1, 65536, UINT32_MAX, &max_frame);
       break;
     case O_READ:
-      bad = parse_size(optarg, 1, UINT32_MAX, &max_read);
+      bad = parse_num(optarg, 1, 1, UINT32_MAX, &max_read);
       break;
     case O_INFLIGHT:
-      bad = parse_size(optarg, 1, 65536, &max_inflight);
+      bad = parse_num(optarg, 0, 1, 65536, &max_inflight);
       break;
     case O_OUTPUT:
-      bad = parse_size(optarg, 4096, UINT64_MAX / 2, &max_output);
+      bad = parse_num(optarg, 1, 65536, UINT64_MAX / 2, &max_output);
       break;
     case O_CONNS:
-      bad = parse_size(optarg, 1, 1 << 20, &max_conns);
+      bad = parse_num(optarg, 0, 1, 1 << 20, &max_conns);
       break;
     case O_THREADS:
-      bad = parse_size(optarg, 1, 1024, &threads);
+      bad = parse_num(optarg, 0, 1, 1024, &threads);
+      break;
+    case O_HELLO_TIMEOUT:
+      bad = parse_num(optarg, 0, 1, 3600000, &hello_timeout);
       break;
     case O_INSECURE:
       insecure = 1;
@@ -202,7 +211,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "rmemd: --max-read must be at most half of --max-frame\n");
     return 2;
   }
-  if (!is_loopback(host) && !insecure) {
+  uv_loop_t *loop = uv_default_loop();
+  struct sockaddr_storage addr;
+  int rc = server_resolve(loop, host, (int)port, &addr);
+  if (rc != 0) {
+    fprintf(stderr, "rmemd: --listen %s: %s\n", host, uv_strerror(rc));
+    return 2;
+  }
+  int loopback = server_is_loopback(&addr);
+  if (!loopback && !insecure) {
     fprintf(stderr,
             "rmemd: refusing to listen on %s without TLS; use a loopback address, or\n"
             "       --insecure-listen-any to expose process memory in the clear\n",
@@ -217,22 +234,23 @@ int main(int argc, char **argv) {
     setenv("UV_THREADPOOL_SIZE", nthreads, 1);
   signal(SIGPIPE, SIG_IGN);
 
-  uv_loop_t *loop = uv_default_loop();
   srv.limits.max_frame = max_frame;
   srv.limits.max_read = max_read;
+  /* A write request carries its data plus a few dozen bytes of header. */
   srv.limits.max_write = max_frame - 4096;
   srv.limits.max_inflight = (uint32_t)max_inflight;
   srv.limits.max_output = max_output;
   srv.max_conns = max_conns;
+  srv.hello_timeout_ms = hello_timeout;
   int bound = 0;
-  int rc = server_start(&srv, loop, host, (int)port, &bound);
+  rc = server_start(&srv, loop, &addr, &bound);
   if (rc < 0) {
     log_error("listen %s:%llu: %s", host, (unsigned long long)port, uv_strerror(rc));
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     return 1;
   }
-  if (insecure && !is_loopback(host))
+  if (!loopback)
     log_warn("listening on %s WITHOUT TLS: anyone who can reach it can read and write memory",
              host);
   log_info("rmemd %s listening on %s:%d", RMEM_VERSION, host, bound);
@@ -248,6 +266,10 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_run(loop, UV_RUN_DEFAULT);
+  if (grace_h.loop != NULL) {
+    uv_close((uv_handle_t *)&grace_h, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+  }
   rc = uv_loop_close(loop);
   if (rc != 0)
     log_warn("loop close: %s", uv_strerror(rc));

@@ -1025,6 +1025,50 @@ static void test_empty_method(void **state) {
 }
 
 /* Last: the agent still serves the bystander, then exits 0. */
+/* A client that sends its requests and then half-closes (shutdown(SHUT_WR))
+ * still gets every answer, then the agent closes. */
+static void test_half_close(void **state) {
+  (void)state;
+  int fd = connect_hello();
+  for (uint32_t id = 10; id < 20; id++)
+    assert_int_equal(h_send_read(fd, id, S.pid, S.pattern, 4096), 0);
+  assert_int_equal(shutdown(fd, SHUT_WR), 0);
+  int seen[10] = {0};
+  for (int i = 0; i < 10; i++) {
+    h_resp r;
+    assert_int_equal(h_raw_recv(fd, 10000, &r), 0);
+    assert_true(r.has_msgid && r.msgid >= 10 && r.msgid < 20);
+    assert_int_equal(r.code, 0);
+    seen[r.msgid - 10]++;
+    h_resp_free(&r);
+  }
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(seen[i], 1);
+  assert_int_equal(h_raw_wait_closed(fd, 5000), 1);
+  close(fd);
+  check_bystander();
+}
+
+/* A connection that never says hello is closed after --hello-timeout; one
+ * that said hello stays. */
+static void test_hello_timeout(void **state) {
+  (void)state;
+  h_agent a;
+  const char *opts[] = {"--hello-timeout", "300", NULL};
+  assert_int_equal(h_agent_start_args(&a, NULL, opts), 0);
+  int silent = h_raw_connect(a.port);
+  int polite = h_raw_connect(a.port);
+  assert_true(silent >= 0 && polite >= 0);
+  assert_int_equal(h_raw_hello(polite, 1), 0);
+  assert_int_equal(h_raw_wait_closed(silent, 3000), 1);
+  assert_int_equal(h_raw_wait_closed(polite, 600), 0);
+  assert_int_equal(h_send_map(polite, 2, S.pid), 0);
+  expect(polite, 1, 2, 0, "map after hello, past the hello timeout");
+  close(silent);
+  close(polite);
+  assert_int_equal(h_agent_stop(&a), 0);
+}
+
 static void test_agent_exits_clean(void **state) {
   (void)state;
   check_bystander();
@@ -1043,7 +1087,8 @@ int main(void) {
       cmocka_unit_test(test_unknown_method),    cmocka_unit_test(test_before_hello),
       cmocka_unit_test(test_hello_version),     cmocka_unit_test(test_params),
       cmocka_unit_test(test_unmapped_and_gone), cmocka_unit_test(test_eperm),
-      cmocka_unit_test(test_half_frames),       cmocka_unit_test(test_pipeline_and_vanish),
+      cmocka_unit_test(test_half_frames),       cmocka_unit_test(test_half_close),
+      cmocka_unit_test(test_hello_timeout),     cmocka_unit_test(test_pipeline_and_vanish),
       cmocka_unit_test(test_connection_churn),  cmocka_unit_test(test_empty_strings),
       cmocka_unit_test(test_write_empty_data),  cmocka_unit_test(test_empty_method),
       cmocka_unit_test(test_agent_exits_clean),
