@@ -138,8 +138,8 @@ void dispatch_frame(dispatch_session *s, const char *p, size_t n, dispatch_resul
     if (j->err.code == 0)
       dispatch_job_run(j);
     else
-      log_debug("conn %llu %s: %s #%u: %s", (unsigned long long)s->id, s->peer, m->name, j->msgid,
-                j->err.msg);
+      log_warn("conn %llu %s: %s #%u: %s: %s", (unsigned long long)s->id, s->peer, m->name,
+               j->msgid, rmem_err_name(j->err.code), j->err.msg);
     if (j->err.code != 0 && j->out.len == 0)
       codec_error_frame(&j->out, &j->msgid, j->err.code, j->err.msg);
     out->reply = dispatch_job_finish(j, &out->reply_len);

@@ -40,12 +40,16 @@ static void map_run(dispatch_job *j) {
   for (; fit < map.n; fit++) {
     size_t before = regions.len;
     msg_region_pack(&rpk, &map.regions[fit]);
+    if (regions.oom)
+      break;
     if (regions.len > budget) {
       regions.len = before;
       break;
     }
   }
-  if (fit == 0 && map.n > 0) {
+  if (regions.oom) {
+    dispatch_fail(j, RMEM_ENOMEM, "map: out of memory packing %zu regions", map.n);
+  } else if (fit == 0 && map.n > 0) {
     dispatch_fail(j, RMEM_ETOOBIG, "map: one region does not fit max_frame");
   } else {
     msgpack_packer pk;

@@ -286,17 +286,20 @@ static int is_elf(uint32_t pid, const target_vma *v) {
   char path[PATH_MAX + 64];
   snprintf(path, sizeof(path), "/proc/%u/map_files/%llx-%llx", pid, (unsigned long long)v->start,
            (unsigned long long)v->end);
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0 && v->path[0] == '/') {
+  struct stat st;
+  if (stat(path, &st) != 0 && v->path[0] == '/') {
     snprintf(path, sizeof(path), "/proc/%u/root%s", pid, v->path);
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (stat(path, &st) != 0)
+      return 0;
   }
+  /* Never open devices: opening some has side effects. */
+  if (!S_ISREG(st.st_mode))
+    return 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0)
     return 0;
-  struct stat st;
   unsigned char magic[4];
-  int elf = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && pread(fd, magic, 4, 0) == 4 &&
-            memcmp(magic, "\177ELF", 4) == 0;
+  int elf = pread(fd, magic, 4, 0) == 4 && memcmp(magic, "\177ELF", 4) == 0;
   close(fd);
   return elf;
 }
@@ -479,7 +482,9 @@ int target_map(uint32_t pid, unsigned flags, uint64_t start, rmem_memmap *out, c
       }
     }
     for (size_t k = 0; k < nsps; k++) {
-      if (sps[k].sp >= v->start && sps[k].sp < v->end && r->usage != RMEM_USAGE_STACK &&
+      /* Only unlabelled anonymous memory: a stack pointer inside [heap] or a
+       * module (green threads, sigaltstack) does not relabel it. */
+      if (sps[k].sp >= v->start && sps[k].sp < v->end && r->usage == RMEM_USAGE_NONE &&
           r->inode == 0) {
         r->usage = RMEM_USAGE_THREAD_STACK;
         r->tid = sps[k].tid;
@@ -493,7 +498,8 @@ int target_map(uint32_t pid, unsigned flags, uint64_t start, rmem_memmap *out, c
   }
   if (start > 0) {
     size_t skip = 0;
-    while (skip < out->n && out->regions[skip].base < start)
+    /* A region that straddles `start` is listed, so continuations never lose it. */
+    while (skip < out->n && out->regions[skip].base + out->regions[skip].size <= start)
       free(out->regions[skip++].path);
     memmove(out->regions, out->regions + skip, (out->n - skip) * sizeof(*out->regions));
     out->n -= skip;
