@@ -1,6 +1,11 @@
 /* A client connection. The input buffer holds whole frames for the
  * dispatcher; replies are written as they come back from the workers. A
- * connection is freed only when its handle is closed and no job refers to it. */
+ * connection is freed only when its handle is closed and no job refers to it.
+ *
+ * With TLS, libuv reads ciphertext into the session's buffer and the
+ * plaintext lands in the same input buffer as plaintext TCP would fill;
+ * replies are encrypted straight into the buffer handed to uv_write. The
+ * dispatcher sees frames either way. */
 #include "conn.h"
 
 #include "log.h"
@@ -11,24 +16,48 @@
 #include <string.h>
 
 #define CONN_INBUF_MIN (64u << 10)
+/* Room kept in the input buffer for one decrypted TLS record. */
+#define CONN_TLS_PLAIN (16u << 10)
+/* Replies are encrypted this much at a time (16 full records), and only
+ * while less than CONN_TLS_AHEAD of ciphertext waits in uv_write: the first
+ * records leave while later ones are made, and a big reply holds the loop
+ * for about a millisecond at a time, not for the whole frame. */
+#define CONN_TLS_SLICE (256u << 10)
+#define CONN_TLS_AHEAD (1u << 20)
+
+/* A reply frame waiting to be encrypted. */
+typedef struct conn_plain {
+  struct conn_plain *next;
+  char *buf;
+  size_t len, off; /* buf[off..len) is not encrypted yet. */
+} conn_plain;
 
 struct conn {
   uv_tcp_t tcp;
-  uv_timer_t hello_timer;
+  uv_timer_t hello_timer; /* Also bounds the TLS handshake. */
+  uv_timer_t auth_timer;  /* Holds back the reply to a failed authentication. */
   server *srv;
   conn *prev, *next;
   dispatch_session session;
+  tls_conn *tls; /* NULL for plaintext. */
   char peer[64];
-  int refs; /* One per open handle (socket, timer), one per job in flight. */
+  char host[48]; /* The peer's address without the port. */
+  int refs;      /* One per open handle (socket, timers), one per job in flight. */
   int closing;
   int reading;
   int eof;               /* The peer finished sending: answer what it sent, then close. */
   int close_after_flush; /* Set after a framing error: reply, then close. */
   char *in;              /* Received bytes not yet dispatched. */
   size_t in_len, in_cap;
-  uint32_t inflight;    /* Jobs in the thread pool. */
-  uint64_t reserved;    /* Reply bytes those jobs may produce. */
-  uint64_t out_pending; /* Bytes handed to uv_write and not yet written. */
+  uint32_t inflight;              /* Jobs in the thread pool. */
+  uint64_t reserved;              /* Reply bytes those jobs may produce. */
+  uint64_t out_pending;           /* Bytes handed to uv_write and not yet written. */
+  conn_plain *tls_q, *tls_q_tail; /* TLS: frames to encrypt, in order. */
+  uint64_t tls_queued;            /* Their bytes not yet encrypted. */
+  int got_bytes;                  /* Something was received: the first byte was checked. */
+  char *held;                     /* The reply held back by auth_timer; reading waits for it. */
+  size_t held_len;
+  uint32_t auth_failures; /* On this connection. */
 };
 
 typedef struct {
@@ -58,6 +87,14 @@ static void conn__unref(conn *c) {
   if (c->next)
     c->next->prev = c->prev;
   s->nconns--;
+  tls_conn_free(c->tls);
+  while (c->tls_q) {
+    conn_plain *p = c->tls_q;
+    c->tls_q = p->next;
+    free(p->buf);
+    free(p);
+  }
+  free(c->held);
   free(c->in);
   free(c);
 }
@@ -76,12 +113,20 @@ void conn_close(conn *c) {
   uv_read_stop((uv_stream_t *)&c->tcp);
   uv_close((uv_handle_t *)&c->tcp, conn__on_close);
   uv_close((uv_handle_t *)&c->hello_timer, conn__on_close);
+  uv_close((uv_handle_t *)&c->auth_timer, conn__on_close);
 }
 
 static void conn__on_hello_timeout(uv_timer_t *t) {
   conn *c = t->data;
   if (c->session.hello_done || c->closing)
     return;
+  if (c->tls && !tls_handshake_done(c->tls)) {
+    log_warn("conn %llu %s: TLS handshake not finished within %llu ms",
+             (unsigned long long)c->session.id, c->peer,
+             (unsigned long long)c->srv->hello_timeout_ms);
+    conn_close(c);
+    return;
+  }
   log_warn("conn %llu %s: no hello within %llu ms", (unsigned long long)c->session.id, c->peer,
            (unsigned long long)c->srv->hello_timeout_ms);
   conn_close(c);
@@ -90,6 +135,14 @@ static void conn__on_hello_timeout(uv_timer_t *t) {
 void conn_close_all(server *srv) {
   for (conn *c = srv->conns; c; c = c->next)
     conn_close(c);
+}
+
+static void conn__tls_pump(conn *c);
+
+/* Reply bytes not yet on the wire: handed to uv_write, or waiting to be
+ * encrypted. */
+static uint64_t conn__unsent(const conn *c) {
+  return c->out_pending + c->tls_queued;
 }
 
 static void conn__on_write(uv_write_t *req, int status) {
@@ -104,16 +157,24 @@ static void conn__on_write(uv_write_t *req, int status) {
     log_info("conn %llu %s: write: %s", (unsigned long long)c->session.id, c->peer,
              uv_strerror(status));
     conn_close(c);
-  } else if (c->close_after_flush && c->out_pending == 0) {
-    conn_close(c);
-  } else {
-    conn__process(c);
+    return;
   }
+  if (c->tls)
+    conn__tls_pump(c);
+  if (c->closing)
+    return;
+  if (c->close_after_flush && conn__unsent(c) == 0)
+    conn_close(c);
+  else
+    conn__process(c);
 }
 
-/* The transport's output side: plaintext goes straight to the socket. Takes
- * ownership of `buf`. */
-static void conn__transport_out(conn *c, char *buf, size_t len) {
+/* Writes bytes to the socket as they are. Takes ownership of `buf`. */
+static void conn__raw_write(conn *c, char *buf, size_t len) {
+  if (c->closing) {
+    free(buf);
+    return;
+  }
   conn_wreq *w = malloc(sizeof(*w));
   if (w == NULL) {
     free(buf);
@@ -132,6 +193,64 @@ static void conn__transport_out(conn *c, char *buf, size_t len) {
     return;
   }
   c->out_pending += len;
+}
+
+/* Sends the ciphertext the TLS session produced (handshake, alerts, records). */
+static void conn__tls_flush(conn *c) {
+  size_t len;
+  char *buf = tls_out_take(c->tls, &len);
+  if (buf)
+    conn__raw_write(c, buf, len);
+}
+
+/* Encrypts queued reply frames, a slice at a time, into buffers that go to
+ * uv_write as they are; see CONN_TLS_SLICE. Called again as writes complete. */
+static void conn__tls_pump(conn *c) {
+  while (c->tls_q && !c->closing && c->out_pending < CONN_TLS_AHEAD) {
+    conn_plain *p = c->tls_q;
+    size_t n = p->len - p->off < CONN_TLS_SLICE ? p->len - p->off : CONN_TLS_SLICE;
+    int rc = tls_write(c->tls, p->buf + p->off, n);
+    if (rc < 0) {
+      log_warn("conn %llu %s: TLS write: %s", (unsigned long long)c->session.id, c->peer,
+               tls_error(c->tls));
+      conn_close(c);
+      return;
+    }
+    p->off += n;
+    c->tls_queued -= n;
+    if (p->off == p->len) {
+      c->tls_q = p->next;
+      if (c->tls_q == NULL)
+        c->tls_q_tail = NULL;
+      free(p->buf);
+      free(p);
+    }
+    conn__tls_flush(c);
+  }
+}
+
+/* The transport's output side: plaintext goes straight to the socket; with
+ * TLS the frame joins the queue that conn__tls_pump encrypts, so that records
+ * keep the order of the frames. Takes ownership of `buf`. */
+static void conn__transport_out(conn *c, char *buf, size_t len) {
+  if (c->tls == NULL) {
+    conn__raw_write(c, buf, len);
+    return;
+  }
+  conn_plain *p = malloc(sizeof(*p));
+  if (p == NULL) {
+    free(buf);
+    conn_close(c);
+    return;
+  }
+  *p = (conn_plain){.buf = buf, .len = len};
+  if (c->tls_q_tail)
+    c->tls_q_tail->next = p;
+  else
+    c->tls_q = p;
+  c->tls_q_tail = p;
+  c->tls_queued += len;
+  conn__tls_pump(c);
 }
 
 /* Sends one reply frame. Takes ownership of `buf`, even on failure. */
@@ -196,7 +315,40 @@ static void conn__queue(conn *c, dispatch_job *job) {
 
 static int conn__over_caps(const conn *c) {
   const dispatch_limits *l = &c->srv->limits;
-  return c->inflight >= l->max_inflight || c->out_pending + c->reserved >= l->max_output;
+  return c->held != NULL || c->inflight >= l->max_inflight ||
+         conn__unsent(c) + c->reserved >= l->max_output;
+}
+
+static void conn__on_auth_delay(uv_timer_t *t) {
+  conn *c = t->data;
+  if (c->closing)
+    return;
+  char *buf = c->held;
+  c->held = NULL;
+  if (c->auth_failures >= AUTH_MAX_FAILURES) {
+    log_warn("conn %llu %s: %u failed authentications: closing", (unsigned long long)c->session.id,
+             c->peer, (unsigned)c->auth_failures);
+    c->close_after_flush = 1;
+  }
+  conn__write(c, buf, c->held_len);
+  conn__process(c);
+}
+
+/* Holds back the reply to a failed authentication, longer for each failure
+ * from the same address, without blocking the loop: the connection reads
+ * nothing more until it is sent. Takes ownership of `buf`. */
+static void conn__hold(conn *c, char *buf, size_t len) {
+  uint32_t n = auth_failure_note(&c->srv->auth_fails, c->host, uv_now(c->srv->loop));
+  uint64_t delay = auth_failure_delay_ms(n);
+  c->auth_failures++;
+  log_warn("conn %llu %s: RMEM_EPERM: wrong token (failure %u from %s, %u on this connection); "
+           "replying in %llu ms",
+           (unsigned long long)c->session.id, c->peer, (unsigned)n, c->host,
+           (unsigned)c->auth_failures, (unsigned long long)delay);
+  free(c->held);
+  c->held = buf;
+  c->held_len = len;
+  uv_timer_start(&c->auth_timer, conn__on_auth_delay, delay, 0);
 }
 
 static void conn__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -231,7 +383,11 @@ static void conn__process(conn *c) {
     dispatch_result r;
     dispatch_frame(&c->session, c->in + off + CODEC_FRAME_HDR, n, &r);
     off += CODEC_FRAME_HDR + (size_t)n;
-    if (r.reply)
+    if (r.auth_event > 0)
+      auth_failure_clear(&c->srv->auth_fails, c->host);
+    if (r.reply && r.auth_event < 0)
+      conn__hold(c, r.reply, r.reply_len);
+    else if (r.reply)
       conn__write(c, r.reply, r.reply_len);
     if (r.job)
       conn__queue(c, r.job);
@@ -259,7 +415,7 @@ static void conn__process(conn *c) {
       log_info("conn %llu %s: closed in the middle of a frame", (unsigned long long)c->session.id,
                c->peer);
       conn_close(c);
-    } else if (c->in_len == 0 && c->inflight == 0 && c->out_pending == 0) {
+    } else if (c->in_len == 0 && c->inflight == 0 && conn__unsent(c) == 0 && c->held == NULL) {
       conn_close(c);
     }
     return;
@@ -280,6 +436,14 @@ static void conn__process(conn *c) {
  * allocate the whole frame. */
 static void conn__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   conn *c = h->data;
+  if (c->tls) {
+    /* Ciphertext goes to the session; plaintext is made room for in conn__tls_in. */
+    char *p;
+    size_t n;
+    tls_in_buf(c->tls, &p, &n);
+    *buf = uv_buf_init(p, (unsigned)n);
+    return;
+  }
   size_t need = c->in_cap;
   if (c->in_cap - c->in_len < CONN_INBUF_MIN / 4) {
     size_t limit = CONN_INBUF_MIN;
@@ -302,9 +466,112 @@ static void conn__on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
 }
 
+/* Sends an error frame in plaintext, with msgid nil, and closes after it. */
+static void conn__refuse(conn *c, int code, const char *msg) {
+  codec_buf b;
+  codec_buf_init(&b);
+  codec_error_frame(&b, NULL, code, msg);
+  size_t len;
+  char *frame = codec_buf_steal(&b, &len);
+  c->close_after_flush = 1;
+  if (frame)
+    conn__raw_write(c, frame, len);
+  else
+    conn_close(c);
+}
+
+/* The first byte tells a TLS client from a plaintext one; a mismatch is
+ * answered in plaintext, which both kinds of client can recognise, and the
+ * connection is closed. Returns 0 to go on. */
+static int conn__check_first(conn *c, unsigned char first) {
+  c->got_bytes = 1;
+  int hs = tls_is_handshake_byte(first);
+  if (c->tls && !hs) {
+    log_warn("conn %llu %s: RMEM_ETLS: plaintext client on a TLS agent: closing",
+             (unsigned long long)c->session.id, c->peer);
+    conn__refuse(c, RMEM_ETLS, "this agent requires TLS: connect with TLS (rmem --tls)");
+    return -1;
+  }
+  if (!c->tls && hs) {
+    log_warn("conn %llu %s: RMEM_ETLS: TLS client on a plaintext agent: closing "
+             "(start rmemd with --tls-cert and --tls-key for TLS)",
+             (unsigned long long)c->session.id, c->peer);
+    conn__refuse(c, RMEM_ETLS, "this agent does not speak TLS");
+    return -1;
+  }
+  return 0;
+}
+
+/* Makes room for `n` more bytes in the input buffer. */
+static int conn__in_reserve(conn *c, size_t n) {
+  if (c->in_cap - c->in_len >= n)
+    return 0;
+  size_t cap = c->in_cap * 2 > c->in_len + n ? c->in_cap * 2 : c->in_len + n;
+  char *p = realloc(c->in, cap);
+  if (p == NULL)
+    return -1;
+  c->in = p;
+  c->in_cap = cap;
+  return 0;
+}
+
+/* The handshake just finished. */
+static void conn__tls_ready(conn *c) {
+  char subject[256] = "";
+  if (tls_peer_verified(c->tls)) {
+    /* Only a certificate from the agent's client CA gets this far. */
+    c->session.authenticated = 1;
+    tls_peer_subject(c->tls, subject, sizeof(subject));
+  }
+  log_info("conn %llu %s: TLS with %s%s%s", (unsigned long long)c->session.id, c->peer,
+           tls_suite(c->tls), subject[0] ? ", client certificate " : "", subject);
+}
+
+/* The TLS transport's input side: the ciphertext just received becomes
+ * frame bytes in the input buffer (all of it: the session keeps no
+ * ciphertext back), and the handshake moves on. */
+static void conn__tls_in(conn *c) {
+  int was_done = tls_handshake_done(c->tls);
+  ssize_t n;
+  for (;;) {
+    if (conn__in_reserve(c, CONN_TLS_PLAIN) != 0) {
+      n = RMEM_ENOMEM;
+      break;
+    }
+    n = tls_read(c->tls, c->in + c->in_len, c->in_cap - c->in_len);
+    if (n <= 0)
+      break;
+    c->in_len += (size_t)n;
+  }
+  if (!was_done && tls_handshake_done(c->tls))
+    conn__tls_ready(c);
+  /* Handshake messages, or the alert that tells the peer why it failed. */
+  conn__tls_flush(c);
+  if (c->closing)
+    return;
+  if (n == RMEM_ECLOSED) {
+    /* close_notify: answer what came before it, as for a half-close. */
+    c->eof = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  } else if (n < 0) {
+    log_warn("conn %llu %s: RMEM_ETLS: TLS %s failed: %s", (unsigned long long)c->session.id,
+             c->peer, tls_handshake_done(c->tls) ? "session" : "handshake", tls_error(c->tls));
+    c->close_after_flush = 1;
+    if (c->out_pending == 0) {
+      conn_close(c);
+      return;
+    }
+  }
+  conn__process(c);
+}
+
 static void conn__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   conn *c = s->data;
   if (nread == UV_EOF) {
+    if (c->tls && !tls_handshake_done(c->tls))
+      log_info("conn %llu %s: closed during the TLS handshake", (unsigned long long)c->session.id,
+               c->peer);
     /* A half-close still gets its answers: see conn__process. */
     c->eof = 1;
     uv_read_stop(s);
@@ -320,26 +587,39 @@ static void conn__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
+  if (!c->got_bytes && conn__check_first(c, (unsigned char)buf->base[0]) != 0) {
+    conn__process(c); /* Stops reading. */
+    return;
+  }
+  if (c->tls) {
+    tls_in_commit(c->tls, (size_t)nread);
+    conn__tls_in(c);
+    return;
+  }
   /* The transport's input side: plaintext bytes are frame bytes already. */
   c->in_len += (size_t)nread;
   conn__process(c);
 }
 
-static void peer_name(uv_tcp_t *tcp, char *out, size_t len) {
+/* Formats "host:port" into `out` and the host alone into host[48]; returns
+ * 1 when the peer is on a loopback address. */
+static int peer_name(uv_tcp_t *tcp, char *out, size_t len, char *host) {
   struct sockaddr_storage ss;
   int n = sizeof(ss);
-  char host[48] = "?";
-  int port = 0;
+  int port = 0, loopback = 0;
+  snprintf(host, 48, "?");
   if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &n) == 0) {
+    loopback = server_is_loopback(&ss);
     if (ss.ss_family == AF_INET) {
-      uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
+      uv_ip4_name((struct sockaddr_in *)&ss, host, 48);
       port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     } else if (ss.ss_family == AF_INET6) {
-      uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof(host));
+      uv_ip6_name((struct sockaddr_in6 *)&ss, host, 48);
       port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
   }
   snprintf(out, len, "%s:%d", host, port);
+  return loopback;
 }
 
 int conn_accept(server *srv, uv_stream_t *listener) {
@@ -353,14 +633,18 @@ int conn_accept(server *srv, uv_stream_t *listener) {
   }
   c->in_cap = CONN_INBUF_MIN;
   c->srv = srv;
-  c->refs = 2;
+  c->refs = 3;
   c->session.id = ++srv->next_conn_id;
   c->session.peer = c->peer;
   c->session.limits = &srv->limits;
+  c->session.auth = &srv->auth;
+  c->session.authenticated = !srv->auth.has_token && !srv->auth.mtls;
   uv_tcp_init(srv->loop, &c->tcp);
   c->tcp.data = c;
   uv_timer_init(srv->loop, &c->hello_timer);
   c->hello_timer.data = c;
+  uv_timer_init(srv->loop, &c->auth_timer);
+  c->auth_timer.data = c;
   c->next = srv->conns;
   if (srv->conns)
     srv->conns->prev = c;
@@ -372,8 +656,24 @@ int conn_accept(server *srv, uv_stream_t *listener) {
     return rc;
   }
   uv_tcp_nodelay(&c->tcp, 1);
-  peer_name(&c->tcp, c->peer, sizeof(c->peer));
+  c->session.loopback = peer_name(&c->tcp, c->peer, sizeof(c->peer), c->host);
   log_info("conn %llu %s: accepted", (unsigned long long)c->session.id, c->peer);
+  if (srv->tls) {
+    rc = tls_conn_new(&c->tls, srv->tls);
+    if (rc < 0) {
+      log_warn("conn %llu %s: TLS: out of memory", (unsigned long long)c->session.id, c->peer);
+      conn_close(c);
+      return 0;
+    }
+    c->session.tls = 1;
+  }
+  if (srv->nconns > srv->max_conns && c->tls) {
+    /* No handshake for a connection that would be refused anyway. */
+    log_warn("conn %llu %s: RMEM_EBUSY: %zu connections: closing",
+             (unsigned long long)c->session.id, c->peer, srv->nconns - 1);
+    conn_close(c);
+    return 0;
+  }
   if (srv->nconns > srv->max_conns) {
     log_warn("conn %llu %s: RMEM_EBUSY: %zu connections", (unsigned long long)c->session.id,
              c->peer, srv->nconns - 1);

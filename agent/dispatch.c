@@ -11,7 +11,8 @@
 
 /* Sorted by name for bsearch. */
 const dispatch_method *const dispatch_methods[] = {
-    &method_hello, &method_map, &method_ps, &method_read, &method_write,
+    &method_cache, &method_deref, &method_fill,        &method_hello, &method_map,
+    &method_ps,    &method_read,  &method_read_string, &method_readv, &method_write,
 };
 const size_t dispatch_nmethods = sizeof(dispatch_methods) / sizeof(dispatch_methods[0]);
 
@@ -123,6 +124,13 @@ void dispatch_frame(dispatch_session *s, const char *p, size_t n, dispatch_resul
     reply_error(s, out, &msg.msgid, RMEM_ENOHELLO, why);
     goto exit;
   }
+  if (!s->authenticated && !(m->flags & DISPATCH_BEFORE_AUTH)) {
+    snprintf(why, sizeof(why), "authentication required: '%s' needs a valid token in hello first",
+             m->name);
+    log_warn("conn %llu %s: %s", (unsigned long long)s->id, s->peer, why);
+    reply_error(s, out, &msg.msgid, RMEM_EPERM, why);
+    goto exit;
+  }
   dispatch_job *j = calloc(1, sizeof(*j) + m->priv_size);
   if (j == NULL) {
     reply_error(s, out, &msg.msgid, RMEM_ENOMEM, "out of memory");
@@ -143,6 +151,8 @@ void dispatch_frame(dispatch_session *s, const char *p, size_t n, dispatch_resul
     if (j->err.code != 0 && j->out.len == 0)
       codec_error_frame(&j->out, &j->msgid, j->err.code, j->err.msg);
     out->reply = dispatch_job_finish(j, &out->reply_len);
+    out->auth_event = s->auth_event;
+    s->auth_event = 0;
     goto exit;
   }
   j->session = NULL;

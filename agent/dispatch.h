@@ -4,6 +4,7 @@
 #ifndef RMEM_DISPATCH_H
 #define RMEM_DISPATCH_H
 
+#include "auth.h"
 #include "codec.h"
 
 #include <stddef.h>
@@ -24,6 +25,11 @@ typedef struct {
   uint64_t id;
   const char *peer;
   const dispatch_limits *limits;
+  const auth_config *auth; /* What the agent requires; agent-wide. */
+  int tls;                 /* The connection runs over TLS. */
+  int loopback;            /* The peer's address is a loopback one. */
+  int authenticated;       /* By token or client certificate, or nothing is required. */
+  int auth_event;          /* Set by hello: 1 a token was accepted, -1 one was rejected. */
 } dispatch_session;
 
 typedef struct dispatch_job dispatch_job;
@@ -42,6 +48,7 @@ typedef struct {
 
 #define DISPATCH_BEFORE_HELLO 1u /* Allowed before hello. */
 #define DISPATCH_INLINE 2u       /* No target I/O: run on the loop. */
+#define DISPATCH_BEFORE_AUTH 4u  /* Allowed before authentication. */
 
 struct dispatch_job {
   uint32_t msgid;
@@ -61,6 +68,8 @@ typedef struct {
   char *reply; /* Owned by the caller once returned. */
   size_t reply_len;
   dispatch_job *job; /* Owned by the caller: run it, then finish or free it. */
+  int auth_event;    /* 1: a token was accepted; -1: one was rejected, and the
+                        connection holds `reply` back to slow guessing down. */
 } dispatch_result;
 
 void dispatch_frame(dispatch_session *s, const char *p, size_t n, dispatch_result *out);

@@ -1,5 +1,6 @@
 /* rmemd: the remote process-memory agent. Parses options, creates the one
  * loop, starts the server and runs until SIGINT or SIGTERM. */
+#include "cache.h"
 #include "log.h"
 #include "rmem.h"
 #include "server.h"
@@ -33,15 +34,25 @@ static void usage(FILE *f) {
           "  --threads N          worker threads for target I/O (default 4)\n"
           "  --hello-timeout MS   close connections that have not said hello by then\n"
           "                       (default 10000)\n"
+          "  --cache-size BYTES   size of the page cache, 0 turns it off (default 64M)\n"
+          "  --tls-cert FILE      serve TLS with this certificate (PEM; may hold the chain)\n"
+          "  --tls-key FILE       and this private key (PEM, unencrypted)\n"
+          "  --tls-client-ca FILE require client certificates issued by this CA (PEM):\n"
+          "                       mutual TLS, which also authenticates the client\n"
+          "  --token-file FILE    require the shared secret in FILE (up to a final\n"
+          "                       newline) in hello; accepted over TLS or from loopback\n"
           "  --insecure-listen-any\n"
           "                       allow a non-loopback address without TLS (the traffic\n"
           "                       and the target's memory are then open to the network)\n"
           "  --version            print the version and exit\n"
           "  --help               print this help and exit\n"
           "\n"
+          "Without TLS only loopback addresses are allowed. Clients that fail to\n"
+          "authenticate get RMEM_EPERM, later and later, and are cut off after %d tries.\n"
+          "\n"
           "Exit status: 0 after a clean shutdown on SIGINT or SIGTERM, 1 on a start-up\n"
           "error, 2 on a usage error.\n",
-          RMEM_DEFAULT_PORT);
+          RMEM_DEFAULT_PORT, AUTH_MAX_FAILURES);
 }
 
 /* Parses a count, or with `units` a size with an optional K, M or G suffix. */
@@ -111,6 +122,8 @@ int main(int argc, char **argv) {
   const char *host = "127.0.0.1", *port_file = NULL;
   uint64_t port = RMEM_DEFAULT_PORT, max_frame = 16u << 20, max_read = 0, max_inflight = 64;
   uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4, hello_timeout = 10000;
+  uint64_t cache_size = CACHE_DEFAULT_SIZE;
+  const char *tls_cert = NULL, *tls_key = NULL, *tls_client_ca = NULL, *token_file = NULL;
   int insecure = 0;
   enum {
     O_LISTEN = 256,
@@ -124,6 +137,11 @@ int main(int argc, char **argv) {
     O_CONNS,
     O_THREADS,
     O_HELLO_TIMEOUT,
+    O_CACHE_SIZE,
+    O_TLS_CERT,
+    O_TLS_KEY,
+    O_TLS_CLIENT_CA,
+    O_TOKEN_FILE,
     O_INSECURE,
     O_VERSION,
     O_HELP
@@ -140,6 +158,11 @@ int main(int argc, char **argv) {
       {"max-conns", required_argument, 0, O_CONNS},
       {"threads", required_argument, 0, O_THREADS},
       {"hello-timeout", required_argument, 0, O_HELLO_TIMEOUT},
+      {"cache-size", required_argument, 0, O_CACHE_SIZE},
+      {"tls-cert", required_argument, 0, O_TLS_CERT},
+      {"tls-key", required_argument, 0, O_TLS_KEY},
+      {"tls-client-ca", required_argument, 0, O_TLS_CLIENT_CA},
+      {"token-file", required_argument, 0, O_TOKEN_FILE},
       {"insecure-listen-any", no_argument, 0, O_INSECURE},
       {"version", no_argument, 0, O_VERSION},
       {"help", no_argument, 0, O_HELP},
@@ -182,6 +205,21 @@ int main(int argc, char **argv) {
     case O_HELLO_TIMEOUT:
       bad = parse_num(optarg, 0, 1, 3600000, &hello_timeout);
       break;
+    case O_CACHE_SIZE:
+      bad = parse_num(optarg, 1, 0, 1ull << 40, &cache_size);
+      break;
+    case O_TLS_CERT:
+      tls_cert = optarg;
+      break;
+    case O_TLS_KEY:
+      tls_key = optarg;
+      break;
+    case O_TLS_CLIENT_CA:
+      tls_client_ca = optarg;
+      break;
+    case O_TOKEN_FILE:
+      token_file = optarg;
+      break;
     case O_INSECURE:
       insecure = 1;
       break;
@@ -211,6 +249,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "rmemd: --max-read must be at most half of --max-frame\n");
     return 2;
   }
+  if (!tls_cert != !tls_key) {
+    fprintf(stderr, "rmemd: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  if (tls_client_ca && !tls_cert) {
+    fprintf(stderr, "rmemd: --tls-client-ca needs --tls-cert and --tls-key\n");
+    return 2;
+  }
   uv_loop_t *loop = uv_default_loop();
   struct sockaddr_storage addr;
   int rc = server_resolve(loop, host, (int)port, &addr);
@@ -219,13 +265,25 @@ int main(int argc, char **argv) {
     return 2;
   }
   int loopback = server_is_loopback(&addr);
-  if (!loopback && !insecure) {
+  if (!loopback && !insecure && !tls_cert) {
     fprintf(stderr,
-            "rmemd: refusing to listen on %s without TLS; use a loopback address, or\n"
-            "       --insecure-listen-any to expose process memory in the clear\n",
+            "rmemd: refusing to listen on %s without TLS; use --tls-cert and --tls-key,\n"
+            "       a loopback address, or --insecure-listen-any to expose process memory\n"
+            "       in the clear\n",
             host);
     return 2;
   }
+  char why[512];
+  if (token_file && auth_token_load(&srv.auth, token_file, why, sizeof(why)) != 0) {
+    fprintf(stderr, "rmemd: --token-file %s\n", why);
+    return 1;
+  }
+  if (tls_cert && tls_config_new(&srv.tls, tls_cert, tls_key, tls_client_ca, why, sizeof(why))) {
+    fprintf(stderr, "rmemd: TLS: %s\n", why);
+    return 1;
+  }
+  srv.auth.tls = srv.tls != NULL;
+  srv.auth.mtls = tls_client_ca != NULL;
 
   /* Size the thread pool before libuv starts it. */
   char nthreads[16];
@@ -242,23 +300,38 @@ int main(int argc, char **argv) {
   srv.limits.max_output = max_output;
   srv.max_conns = max_conns;
   srv.hello_timeout_ms = hello_timeout;
+  /* Before the first worker thread starts. */
+  if (cache_init(cache_size) != 0) {
+    fprintf(stderr, "rmemd: out of memory for a %llu-byte cache\n", (unsigned long long)cache_size);
+    tls_config_free(srv.tls);
+    return 1;
+  }
   int bound = 0;
   rc = server_start(&srv, loop, &addr, &bound);
   if (rc < 0) {
     log_error("listen %s:%llu: %s", host, (unsigned long long)port, uv_strerror(rc));
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    tls_config_free(srv.tls);
     return 1;
   }
-  if (!loopback)
+  if (!loopback && !srv.tls)
     log_warn("listening on %s WITHOUT TLS: anyone who can reach it can read and write memory",
              host);
-  log_info("rmemd %s listening on %s:%d", RMEM_VERSION, host, bound);
+  if (!loopback && srv.tls && !srv.auth.has_token && !srv.auth.mtls)
+    log_warn("listening on %s with TLS but no authentication: anyone who can reach it can "
+             "read and write memory (use --token-file or --tls-client-ca)",
+             host);
+  if (!loopback && !srv.tls && srv.auth.has_token)
+    log_warn("--token-file without TLS: tokens are refused from non-loopback clients");
+  log_info("rmemd %s listening on %s:%d%s%s", RMEM_VERSION, host, bound, srv.tls ? " with TLS" : "",
+           srv.auth.mtls ? " (client certificates required)" : "");
   if (port_file && write_port_file(port_file, bound) != 0) {
     log_error("port file %s: %s", port_file, strerror(errno));
     server_stop(&srv);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    tls_config_free(srv.tls);
     return 1;
   }
   uv_signal_init(loop, &sigint_h);
@@ -273,6 +346,8 @@ int main(int argc, char **argv) {
   rc = uv_loop_close(loop);
   if (rc != 0)
     log_warn("loop close: %s", uv_strerror(rc));
+  cache_close();
+  tls_config_free(srv.tls);
   log_info("stopped");
   return 0;
 }

@@ -1,8 +1,10 @@
-/* hello: version check and the agent's description of itself. */
+/* hello: version check, authentication by token, and the agent's
+ * description of itself. */
 #include "methods.h"
 #include "msg.h"
 #include "rmem_error.h"
 
+#include <mbedtls/platform_util.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/utsname.h>
@@ -19,11 +21,36 @@ static int hello_parse(dispatch_job *j, const msgpack_object *params) {
   if (h->req.version != CODEC_PROTOCOL_VERSION)
     return dispatch_fail(j, RMEM_EVERSION, "protocol version %u not supported (agent speaks %u)",
                          h->req.version, CODEC_PROTOCOL_VERSION);
+  /* Whoever can see plaintext off this machine has the secret now: refuse
+   * it even when it is right, so that the mistake shows. */
+  if (h->req.has_token && !j->session->tls && !j->session->loopback)
+    return dispatch_fail(j, RMEM_EPERM,
+                         "token refused: sent in the clear over a non-loopback connection "
+                         "(use TLS, and consider the token disclosed)");
+  return 0;
+}
+
+/* Checks the token, if one was sent. Returns 0 or fails the job. */
+static int hello_auth(dispatch_job *j, hello_job *h) {
+  dispatch_session *s = j->session;
+  if (!h->req.has_token || !s->auth->has_token)
+    return 0; /* A token the agent does not ask for is ignored. */
+  if (!auth_token_check(s->auth, h->req.token, h->req.token_len)) {
+    s->auth_event = -1;
+    return dispatch_fail(j, RMEM_EPERM, "wrong token");
+  }
+  s->authenticated = 1;
+  s->auth_event = 1;
   return 0;
 }
 
 /* Runs on the loop: uname and sysconf do not block. */
 static void hello_run(dispatch_job *j) {
+  hello_job *h = j->priv;
+  int rc = hello_auth(j, h);
+  mbedtls_platform_zeroize(h->req.token, sizeof(h->req.token));
+  if (rc != 0)
+    return;
   rmem_agent_info info;
   memset(&info, 0, sizeof(info));
   info.version = CODEC_PROTOCOL_VERSION;
@@ -39,6 +66,8 @@ static void hello_run(dispatch_job *j) {
   info.max_read = j->limits->max_read;
   info.max_write = j->limits->max_write;
   info.max_inflight = j->limits->max_inflight;
+  info.tls = j->session->tls;
+  snprintf(info.auth, sizeof(info.auth), "%s", auth_required(j->session->auth));
   for (size_t i = 0; i < dispatch_nmethods && i < sizeof(info.methods) / sizeof(info.methods[0]);
        i++)
     snprintf(info.methods[info.nmethods++], sizeof(info.methods[0]), "%s",
@@ -49,10 +78,16 @@ static void hello_run(dispatch_job *j) {
   j->session->hello_done = 1;
 }
 
+static void hello_cleanup(dispatch_job *j) {
+  hello_job *h = j->priv;
+  mbedtls_platform_zeroize(h->req.token, sizeof(h->req.token));
+}
+
 const dispatch_method method_hello = {
     .name = "hello",
-    .flags = DISPATCH_BEFORE_HELLO | DISPATCH_INLINE,
+    .flags = DISPATCH_BEFORE_HELLO | DISPATCH_BEFORE_AUTH | DISPATCH_INLINE,
     .priv_size = sizeof(hello_job),
     .parse = hello_parse,
     .run = hello_run,
+    .cleanup = hello_cleanup,
 };

@@ -1,4 +1,5 @@
 /* write: bytes into target memory through the debugger path. */
+#include "cache.h"
 #include "methods.h"
 #include "msg.h"
 #include "rmem_error.h"
@@ -43,6 +44,8 @@ static void write_run(dispatch_job *j) {
   write_job *w = j->priv;
   rmem_ranges failed = {0};
   ssize_t n = target_write(w->pid, w->addr, w->data, w->len, &failed, &j->err);
+  /* Even a failed write may have changed some bytes. */
+  cache_invalidate(w->pid, w->addr, w->len);
   msgpack_packer pk;
   if (n >= 0) {
     codec_frame_begin(&j->out, &pk);

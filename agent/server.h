@@ -2,7 +2,9 @@
 #ifndef RMEM_SERVER_H
 #define RMEM_SERVER_H
 
+#include "auth.h"
 #include "dispatch.h"
+#include "tls.h"
 
 #include <stdint.h>
 #include <uv.h>
@@ -16,8 +18,11 @@ typedef struct server {
   uint64_t next_conn_id;
   conn *conns; /* Doubly linked list of live connections. */
   size_t nconns;
-  size_t max_conns; /* Connections past this get RMEM_EBUSY and are closed. */
-  uint64_t hello_timeout_ms;
+  size_t max_conns;          /* Connections past this get RMEM_EBUSY and are closed. */
+  uint64_t hello_timeout_ms; /* Also bounds the TLS handshake. */
+  tls_config *tls;           /* NULL: plaintext. */
+  auth_config auth;
+  auth_failures auth_fails; /* Failed authentications per peer address. */
   int stopping;
 } server;
 

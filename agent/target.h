@@ -56,6 +56,27 @@ ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ran
 ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, rmem_ranges *failed,
                      codec_err *err);
 
+/* Writes the `plen` bytes of `pattern` repeated over `len` bytes at `addr`
+ * (pattern byte i % plen goes to addr + i), as target_write writes, in
+ * chunks: nothing of size `len` is allocated. */
+ssize_t target_fill(uint32_t pid, uint64_t addr, uint64_t len, const void *pattern, size_t plen,
+                    rmem_ranges *failed, codec_err *err);
+
+/* The target's pointer size in bytes (4 or 8), from its executable's ELF
+ * class; the agent's own when the executable cannot be read as ELF. */
+int target_ptr_size(uint32_t pid, codec_err *err);
+
+/* A handle on one process that survives pid reuse, for the page cache: a
+ * pidfd (close-on-exec, the caller closes it) and the start time (clock
+ * ticks after boot, /proc/PID/stat field 22). A thread id that is not a
+ * process id fails with RMEM_EPARAM. */
+int target_pidfd_open(uint32_t pid, int *fd, uint64_t *start_time, codec_err *err);
+/* 1 once the process behind `fd` has exited (even if not yet reaped), else
+ * 0. Never blocks. */
+int target_pidfd_exited(int fd);
+/* The process (thread group) that thread `pid` belongs to, or 0 when unknown. */
+uint32_t target_tgid(uint32_t pid);
+
 /* Internal to the target module. */
 int target__read_file(const char *path, char **buf, size_t *len);
 int target__errno(int e, uint32_t pid, const char *what, codec_err *err);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -117,23 +118,43 @@ exit:
   return rc;
 }
 
-ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, rmem_ranges *failed,
-                     codec_err *err) {
+/* Where the bytes of a write come from: `buf` holds them all, or (period >
+ * 0) a pattern of `period` bytes repeated, so that byte `off` of the write
+ * is buf[off % period] and up to `cap` bytes can be taken from there. */
+typedef struct {
+  const char *buf;
+  size_t period;
+  size_t cap;
+} write_src;
+
+/* The bytes from offset `off` on; trims *n to what is available there. */
+static const char *src_at(const write_src *s, uint64_t off, uint64_t *n) {
+  if (s->period == 0)
+    return s->buf + off;
+  if (*n > s->cap)
+    *n = s->cap;
+  return s->buf + off % s->period;
+}
+
+static ssize_t write_from(uint32_t pid, uint64_t addr, uint64_t len, const write_src *src,
+                          rmem_ranges *failed, const char *verb, codec_err *err) {
   target_vmas m = {0};
   int have_maps = 0, memfd = -1;
   size_t first = failed->n;
   uint64_t done = 0, put = 0;
   ssize_t rc = 0;
   while (done < len) {
-    struct iovec local = {(char *)buf + done, len - done};
-    struct iovec remote = {(void *)(uintptr_t)(addr + done), len - done};
+    uint64_t avail = len - done;
+    const char *p = src_at(src, done, &avail);
+    struct iovec local = {(void *)p, avail};
+    struct iovec remote = {(void *)(uintptr_t)(addr + done), avail};
     ssize_t n = process_vm_writev((pid_t)pid, &local, 1, &remote, 1, 0);
     if (n < 0 && errno != EFAULT) {
       int e = errno;
       if (e == ESRCH && done > 0)
-        rc = codec_fail(err, RMEM_EEXITED, "pid %u exited during the write", pid);
+        rc = codec_fail(err, RMEM_EEXITED, "pid %u exited during the %s", pid, verb);
       else
-        rc = target__errno(e, pid, "write", err);
+        rc = target__errno(e, pid, verb, err);
       goto exit;
     }
     if (n > 0) {
@@ -154,15 +175,13 @@ ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, r
     classify(&m, at, len - done, RMEM_PROT_R | RMEM_PROT_W | RMEM_PROT_X, &hole, &code);
     if (code == RMEM_EIO) {
       size_t i = target_vmas_find(&m, at);
-      uint64_t vleft = m.v[i].end - at < len - done ? m.v[i].end - at : len - done;
+      uint64_t vleft = m.v[i].end - at < avail ? m.v[i].end - at : avail;
       if (memfd < 0) {
         char path[64];
         snprintf(path, sizeof(path), "/proc/%u/mem", pid);
         memfd = open(path, O_RDWR | O_CLOEXEC);
       }
-      ssize_t w = memfd >= 0 && at <= INT64_MAX
-                      ? pwrite(memfd, (const char *)buf + done, vleft, (off_t)at)
-                      : -1;
+      ssize_t w = memfd >= 0 && at <= INT64_MAX ? pwrite(memfd, p, vleft, (off_t)at) : -1;
       if (w > 0) {
         done += (uint64_t)w;
         put += (uint64_t)w;
@@ -170,17 +189,45 @@ ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, r
       }
     }
     if (push_hole(failed, at, hole, code) != 0) {
-      rc = codec_fail(err, RMEM_ENOMEM, "write: out of memory");
+      rc = codec_fail(err, RMEM_ENOMEM, "%s: out of memory", verb);
       goto exit;
     }
     done += hole;
   }
   rc = (ssize_t)put;
   if (put == 0 && len > 0)
-    rc = nothing_done(failed, first, pid, addr, len, "write", err);
+    rc = nothing_done(failed, first, pid, addr, len, verb, err);
 exit:
   if (memfd >= 0)
     close(memfd);
   target_vmas_free(&m);
+  return rc;
+}
+
+ssize_t target_write(uint32_t pid, uint64_t addr, const void *buf, size_t len, rmem_ranges *failed,
+                     codec_err *err) {
+  write_src src = {.buf = buf};
+  return write_from(pid, addr, len, &src, failed, "write", err);
+}
+
+/* Bytes of pattern handed to the kernel per system call. */
+#define FILL_CHUNK (256u << 10)
+
+ssize_t target_fill(uint32_t pid, uint64_t addr, uint64_t len, const void *pattern, size_t plen,
+                    rmem_ranges *failed, codec_err *err) {
+  if (plen == 0 || plen > FILL_CHUNK)
+    return codec_fail(err, RMEM_EPARAM, "fill: pattern of %zu bytes", plen);
+  /* Whole repetitions, plus one more so that any phase has `cap` bytes. */
+  size_t cap = FILL_CHUNK / plen * plen;
+  if (len < cap)
+    cap = (size_t)len;
+  char *buf = malloc(cap + plen);
+  if (buf == NULL)
+    return codec_fail(err, RMEM_ENOMEM, "fill: out of memory");
+  for (size_t i = 0; i < cap + plen; i++)
+    buf[i] = ((const char *)pattern)[i % plen];
+  write_src src = {.buf = buf, .period = plen, .cap = cap ? cap : 1};
+  ssize_t rc = write_from(pid, addr, len, &src, failed, "fill", err);
+  free(buf);
   return rc;
 }

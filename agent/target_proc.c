@@ -5,10 +5,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* Command lines are cut after this many bytes (cmdline_truncated). */
+#define PS_CMDLINE_MAX 4096
 
 /* Fills `p` from /proc/PID; returns 0, or -1 when the process vanished or
  * could not be read (it is then left out). */
@@ -22,17 +26,16 @@ static int read_proc(uint32_t pid, long page, rmem_proc *p) {
   if (target__read_file(path, &text, &len) < 0)
     return -1;
   /* comm may hold spaces and parentheses: it ends at the last ')'. */
-  char *open = strchr(text, '('), *close = strrchr(text, ')');
-  if (open == NULL || close == NULL || close < open) {
+  char *lp = strchr(text, '('), *rp = strrchr(text, ')');
+  if (lp == NULL || rp == NULL || rp < lp) {
     free(text);
     return -1;
   }
-  p->name = strndup(open + 1, (size_t)(close - open - 1));
+  p->name = strndup(lp + 1, (size_t)(rp - lp - 1));
   /* Fields after comm: state(3) ppid(4) ... num_threads(20) ... rss(24). */
   char *f[24] = {0};
   int nf = 0;
-  for (char *save, *t = strtok_r(close + 1, " ", &save); t && nf < 24;
-       t = strtok_r(NULL, " ", &save))
+  for (char *save, *t = strtok_r(rp + 1, " ", &save); t && nf < 24; t = strtok_r(NULL, " ", &save))
     f[nf++] = t;
   if (nf >= 22) {
     p->state = f[0][0];
@@ -58,17 +61,32 @@ static int read_proc(uint32_t pid, long page, rmem_proc *p) {
   exe[n > 0 ? n : 0] = '\0';
   p->exe = strdup(exe);
 
+  /* Only the first PS_CMDLINE_MAX bytes: command lines can be megabytes. */
+  char cmd[PS_CMDLINE_MAX + 1];
   snprintf(path, sizeof(path), "/proc/%u/cmdline", pid);
-  if (target__read_file(path, &text, &len) == 0 && len > 0) {
+  size_t clen = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t r;
+    while (clen < sizeof(cmd) &&
+           ((r = read(fd, cmd + clen, sizeof(cmd) - clen)) > 0 || (r < 0 && errno == EINTR)))
+      clen += r > 0 ? (size_t)r : 0;
+    close(fd);
+  }
+  if (clen > PS_CMDLINE_MAX) {
+    clen = PS_CMDLINE_MAX;
+    p->cmdline_truncated = 1;
+  }
+  if (clen > 0) {
     size_t argc = 0;
-    for (size_t i = 0; i < len; i++)
-      if (text[i] == '\0' || i == len - 1)
+    for (size_t i = 0; i < clen; i++)
+      if (cmd[i] == '\0' || i == clen - 1)
         argc++;
     p->argv = calloc(argc, sizeof(char *));
     if (p->argv) {
-      for (size_t i = 0; i < len && p->argc < argc;) {
-        size_t l = strnlen(text + i, len - i);
-        p->argv[p->argc] = strndup(text + i, l);
+      for (size_t i = 0; i < clen && p->argc < argc;) {
+        size_t l = strnlen(cmd + i, clen - i);
+        p->argv[p->argc] = strndup(cmd + i, l);
         if (p->argv[p->argc] == NULL)
           break;
         p->argc++;
@@ -86,6 +104,11 @@ static void proc_free(rmem_proc *p) {
   for (size_t i = 0; i < p->argc; i++)
     free(p->argv[i]);
   free(p->argv);
+}
+
+static int proc_cmp(const void *a, const void *b) {
+  uint32_t x = ((const rmem_proc *)a)->pid, y = ((const rmem_proc *)b)->pid;
+  return x < y ? -1 : x > y;
 }
 
 int target_ps(rmem_proc_list *out, codec_err *err) {
@@ -120,5 +143,7 @@ int target_ps(rmem_proc_list *out, codec_err *err) {
   closedir(d);
   if (rc < 0)
     rmem_proc_list_free(out);
+  else
+    qsort(out->procs, out->n, sizeof(*out->procs), proc_cmp); /* For `start` continuations. */
   return rc;
 }

@@ -238,10 +238,15 @@ int msg_ranges_push(rmem_ranges *r, uint64_t addr, uint64_t len, int code) {
 
 void msg_hello_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_hello_req *req) {
   size_t client = strnlen(req->client, sizeof(req->client));
-  codec_pack_request_head(pk, msgid, "hello", client ? 2 : 1);
+  size_t token = req->token_len < sizeof(req->token) ? req->token_len : sizeof(req->token);
+  codec_pack_request_head(pk, msgid, "hello", 1 + (client ? 1 : 0) + (req->has_token ? 1 : 0));
   pack_u64(pk, "version", req->version);
   if (client)
     pack_chars(pk, "client", req->client, sizeof(req->client));
+  if (req->has_token) {
+    codec_pack_str(pk, "token");
+    codec_pack_strn(pk, req->token, token);
+  }
 }
 
 int msg_hello_req_parse(const msgpack_object *params, msg_hello_req *req, codec_err *err) {
@@ -250,13 +255,31 @@ int msg_hello_req_parse(const msgpack_object *params, msg_hello_req *req, codec_
       FIELD(msg_hello_req, client, "client", F_CHARS, 0),
   };
   memset(req, 0, sizeof(*req));
-  return fields_parse(params, fields, COUNT(fields), req, 0, err);
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc != 0)
+    return rc;
+  /* The token is never truncated: a cut secret could match a shorter one. */
+  const char *tok;
+  size_t len;
+  rc = codec_get_str(params, "token", 0, &tok, &len, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0) {
+    if (len > RMEM_TOKEN_MAX)
+      return codec_fail(err, RMEM_EPARAM, "parameter 'token' is longer than %d bytes",
+                        RMEM_TOKEN_MAX);
+    if (len)
+      memcpy(req->token, tok, len);
+    req->token_len = len;
+    req->has_token = 1;
+  }
+  return 0;
 }
 
 void msg_hello_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_agent_info *info) {
   size_t nmethods = info->nmethods < COUNT(info->methods) ? info->nmethods : COUNT(info->methods);
   codec_pack_result_head(pk, msgid);
-  msgpack_pack_map(pk, 8);
+  msgpack_pack_map(pk, 10);
   pack_u64(pk, "version", info->version);
   pack_chars(pk, "agent", info->agent, sizeof(info->agent));
   codec_pack_str(pk, "methods");
@@ -273,6 +296,8 @@ void msg_hello_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_agent_inf
   pack_chars(pk, "arch", info->arch, sizeof(info->arch));
   pack_u64(pk, "page_size", info->page_size);
   pack_u64(pk, "pointer_size", info->pointer_size);
+  pack_bool(pk, "tls", info->tls);
+  pack_chars(pk, "auth", info->auth, sizeof(info->auth));
 }
 
 int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, codec_err *err) {
@@ -283,6 +308,9 @@ int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, cod
       FIELD(rmem_agent_info, arch, "arch", F_CHARS, 1),
       FIELD(rmem_agent_info, page_size, "page_size", F_U32, 1),
       FIELD(rmem_agent_info, pointer_size, "pointer_size", F_U32, 1),
+      /* Absent from agents that predate TLS: plaintext, no authentication. */
+      FIELD(rmem_agent_info, tls, "tls", F_BOOL, 0),
+      FIELD(rmem_agent_info, auth, "auth", F_CHARS, 0),
   };
   static const field limits[] = {
       FIELD(rmem_agent_info, max_frame, "max_frame", F_U64, 1),
@@ -317,47 +345,75 @@ int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, cod
 
 /* ps */
 
-void msg_ps_req_pack(msgpack_packer *pk, uint32_t msgid) {
-  codec_pack_request_head(pk, msgid, "ps", 0);
+void msg_ps_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t start) {
+  codec_pack_request_head(pk, msgid, "ps", start ? 1 : 0);
+  if (start)
+    pack_u64(pk, "start", start);
 }
 
-void msg_ps_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_proc *procs, size_t n) {
+int msg_ps_req_parse(const msgpack_object *params, uint32_t *start, codec_err *err) {
+  *start = 0;
+  return codec_get_u32(params, "start", 0, start, err) < 0 ? RMEM_EPARAM : 0;
+}
+
+void msg_proc_pack(msgpack_packer *pk, const rmem_proc *p) {
+  msgpack_pack_map(pk, p->cmdline_truncated ? 10 : 9);
+  pack_u64(pk, "pid", p->pid);
+  pack_u64(pk, "ppid", p->ppid);
+  pack_u64(pk, "uid", p->uid);
+  pack_str(pk, "name", p->name);
+  codec_pack_str(pk, "state");
+  codec_pack_strn(pk, &p->state, p->state ? 1 : 0);
+  pack_u64(pk, "threads", p->threads);
+  pack_u64(pk, "rss", p->rss);
+  pack_str(pk, "exe", p->exe);
+  codec_pack_str(pk, "cmdline");
+  msgpack_pack_array(pk, p->argc);
+  for (size_t j = 0; j < p->argc; j++)
+    codec_pack_str(pk, p->argv[j] ? p->argv[j] : "");
+  if (p->cmdline_truncated) {
+    codec_pack_str(pk, "cmdline_truncated");
+    msgpack_pack_true(pk);
+  }
+}
+
+void msg_ps_res_head(msgpack_packer *pk, uint32_t msgid, size_t n, int has_next) {
   codec_pack_result_head(pk, msgid);
-  msgpack_pack_map(pk, 1);
+  msgpack_pack_map(pk, has_next ? 2 : 1);
   codec_pack_str(pk, "procs");
   msgpack_pack_array(pk, n);
-  for (size_t i = 0; i < n; i++) {
-    const rmem_proc *p = &procs[i];
-    msgpack_pack_map(pk, 9);
-    pack_u64(pk, "pid", p->pid);
-    pack_u64(pk, "ppid", p->ppid);
-    pack_u64(pk, "uid", p->uid);
-    pack_str(pk, "name", p->name);
-    codec_pack_str(pk, "state");
-    codec_pack_strn(pk, &p->state, p->state ? 1 : 0);
-    pack_u64(pk, "threads", p->threads);
-    pack_u64(pk, "rss", p->rss);
-    pack_str(pk, "exe", p->exe);
-    codec_pack_str(pk, "cmdline");
-    msgpack_pack_array(pk, p->argc);
-    for (size_t j = 0; j < p->argc; j++)
-      codec_pack_str(pk, p->argv[j] ? p->argv[j] : "");
-  }
+}
+
+void msg_ps_res_tail(msgpack_packer *pk, int has_next, uint32_t next) {
+  if (has_next)
+    pack_u64(pk, "next", next);
+}
+
+void msg_ps_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_proc *procs, size_t n,
+                     int has_next, uint32_t next) {
+  msg_ps_res_head(pk, msgid, n, has_next);
+  for (size_t i = 0; i < n; i++)
+    msg_proc_pack(pk, &procs[i]);
+  msg_ps_res_tail(pk, has_next, next);
 }
 
 /* The result types are shared by agent and client, so their free functions
  * live here, beside the code that fills them. */
-void rmem_proc_list_free(rmem_proc_list *l) {
-  if (l == NULL)
-    return;
-  for (size_t i = 0; i < l->n; i++) {
-    rmem_proc *p = &l->procs[i];
+static void procs_clear(rmem_proc *procs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    rmem_proc *p = &procs[i];
     free(p->name);
     free(p->exe);
     for (size_t j = 0; j < p->argc; j++)
       free(p->argv[j]);
     free(p->argv);
   }
+}
+
+void rmem_proc_list_free(rmem_proc_list *l) {
+  if (l == NULL)
+    return;
+  procs_clear(l->procs, l->n);
   free(l->procs);
   memset(l, 0, sizeof(*l));
 }
@@ -378,12 +434,7 @@ void rmem_ranges_free(rmem_ranges *r) {
   memset(r, 0, sizeof(*r));
 }
 
-static void procs_free(rmem_proc *procs, size_t n) {
-  rmem_proc_list l = {.procs = procs, .n = n};
-  rmem_proc_list_free(&l);
-}
-
-/* Fills a zeroed `p`; on failure what was allocated stays in `p` for procs_free. */
+/* Fills a zeroed `p`; on failure what was allocated stays in `p` for procs_clear. */
 static int proc_parse(const msgpack_object *o, rmem_proc *p, codec_err *err) {
   static const field fields[] = {
       FIELD(rmem_proc, pid, "pid", F_U32, 1), FIELD(rmem_proc, ppid, "ppid", F_U32, 1),
@@ -404,6 +455,8 @@ static int proc_parse(const msgpack_object *o, rmem_proc *p, codec_err *err) {
     rc = reply_array(o, "cmdline", &cmdline, err);
   if (rc != 0)
     return rc;
+  if (codec_get_bool(o, "cmdline_truncated", 0, &p->cmdline_truncated, err) < 0)
+    return bad_reply(err);
   p->state = state_len ? state[0] : '\0';
   p->name = copy_str(name, name_len);
   p->exe = copy_str(exe, exe_len);
@@ -423,27 +476,36 @@ static int proc_parse(const msgpack_object *o, rmem_proc *p, codec_err *err) {
   return 0;
 }
 
-int msg_ps_res_parse(const msgpack_object *result, rmem_proc_list *out, codec_err *err) {
-  out->procs = NULL;
-  out->n = 0;
+int msg_ps_res_parse(const msgpack_object *result, rmem_proc_list *out, int *has_next,
+                     uint32_t *next, codec_err *err) {
   const msgpack_object *a;
   int rc = reply_is_map(result, "ps result", err);
   if (rc == 0)
     rc = reply_array(result, "procs", &a, err);
+  *has_next = 0;
+  *next = 0;
   if (rc != 0)
     return rc;
+  int got = codec_get_u32(result, "next", 0, next, err);
+  if (got < 0)
+    return bad_reply(err);
+  *has_next = got == 0;
   size_t n = a->via.array.size;
-  rmem_proc *procs = calloc(n ? n : 1, sizeof(*procs));
+  rmem_proc *procs = realloc(out->procs, (out->n + n + 1) * sizeof(*procs));
   if (procs == NULL)
     return nomem(err);
-  for (size_t i = 0; rc == 0 && i < n; i++)
-    rc = proc_parse(&a->via.array.ptr[i], &procs[i], err);
-  if (rc != 0) {
-    procs_free(procs, n);
-    return rc;
-  }
   out->procs = procs;
-  out->n = n;
+  memset(procs + out->n, 0, (n + 1) * sizeof(*procs));
+  for (size_t i = 0; i < n; i++) {
+    rc = proc_parse(&a->via.array.ptr[i], &procs[out->n + i], err);
+    if (rc != 0) {
+      /* Free what this call added; the list keeps what it had. */
+      procs_clear(procs + out->n, i + 1);
+      memset(procs + out->n, 0, (i + 1) * sizeof(*procs));
+      return rc;
+    }
+  }
+  out->n += n;
   return 0;
 }
 
@@ -704,10 +766,14 @@ int msg_map_res_parse(const msgpack_object *result, rmem_memmap *out, int *has_n
 /* read */
 
 void msg_read_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_read_req *req) {
-  codec_pack_request_head(pk, msgid, "read", 3);
+  codec_pack_request_head(pk, msgid, "read", 3 + (req->max_age_ms != 0) + !!req->uncached);
   pack_u64(pk, "pid", req->pid);
   pack_u64(pk, "addr", req->addr);
   pack_u64(pk, "len", req->len);
+  if (req->max_age_ms)
+    pack_u64(pk, "max_age_ms", req->max_age_ms);
+  if (req->uncached)
+    pack_bool(pk, "uncached", 1);
 }
 
 int msg_read_req_parse(const msgpack_object *params, msg_read_req *req, codec_err *err) {
@@ -715,6 +781,8 @@ int msg_read_req_parse(const msgpack_object *params, msg_read_req *req, codec_er
       FIELD(msg_read_req, pid, "pid", F_U32, 1),
       FIELD(msg_read_req, addr, "addr", F_U64, 1),
       FIELD(msg_read_req, len, "len", F_U64, 1),
+      FIELD(msg_read_req, max_age_ms, "max_age_ms", F_U64, 0),
+      FIELD(msg_read_req, uncached, "uncached", F_BOOL, 0),
   };
   memset(req, 0, sizeof(*req));
   int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
@@ -724,30 +792,38 @@ int msg_read_req_parse(const msgpack_object *params, msg_read_req *req, codec_er
 /* bin32 holds at most 4 GiB - 1, far above any max_read. */
 void msg_read_res_head(msgpack_packer *pk, uint32_t msgid, uint64_t len) {
   codec_pack_result_head(pk, msgid);
-  msgpack_pack_map(pk, 2);
+  msgpack_pack_map(pk, 3);
   codec_pack_str(pk, "data");
   msgpack_pack_bin(pk, (size_t)len);
 }
 
-void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes) {
+void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes,
+                       uint64_t cached) {
   pack_ranges(pk, "holes", holes, nholes);
+  pack_u64(pk, "cached", cached);
 }
 
 void msg_read_res_pack(msgpack_packer *pk, uint32_t msgid, const void *data, size_t len,
-                       const rmem_range *holes, size_t nholes) {
+                       const rmem_range *holes, size_t nholes, uint64_t cached) {
   msg_read_res_head(pk, msgid, len);
   if (len)
     msgpack_pack_bin_body(pk, data, len);
-  msg_read_res_tail(pk, holes, nholes);
+  msg_read_res_tail(pk, holes, nholes, cached);
 }
 
 int msg_read_res_parse(const msgpack_object *result, const char **data, size_t *len,
-                       rmem_ranges *holes, codec_err *err) {
+                       rmem_ranges *holes, uint64_t *cached, codec_err *err) {
+  uint64_t c = 0;
   int rc = reply_is_map(result, "read result", err);
   if (rc == 0 && codec_get_bin(result, "data", 1, data, len, err) != 0)
     rc = bad_reply(err);
+  /* Agents before the page cache leave `cached` out. */
+  if (rc == 0 && codec_get_u64(result, "cached", 0, &c, err) < 0)
+    rc = bad_reply(err);
   if (rc == 0)
     rc = ranges_parse(result, "holes", holes, err);
+  if (rc == 0 && cached)
+    *cached = c;
   return rc;
 }
 
@@ -851,4 +927,438 @@ int msg_error_parse(const msgpack_object *error, int *code, char *msg, size_t ms
       copy_chars(msg, msglen, rmem_strerror(c), strlen(rmem_strerror(c)));
   }
   return 0;
+}
+
+/* readv */
+
+void msg_readv_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const msg_span *ranges,
+                        size_t n) {
+  codec_pack_request_head(pk, msgid, "readv", 2);
+  pack_u64(pk, "pid", pid);
+  codec_pack_str(pk, "ranges");
+  msgpack_pack_array(pk, n);
+  for (size_t i = 0; i < n; i++) {
+    msgpack_pack_map(pk, 2);
+    pack_u64(pk, "addr", ranges[i].addr);
+    pack_u64(pk, "len", ranges[i].len);
+  }
+}
+
+/* Finds a required array parameter. */
+static int param_array(const msgpack_object *params, const char *key, const msgpack_object **out,
+                       codec_err *err) {
+  *out = codec_map_get(params, key);
+  if (*out == NULL || (*out)->type == MSGPACK_OBJECT_NIL)
+    return codec_fail(err, RMEM_EPARAM, "missing parameter '%s'", key);
+  if ((*out)->type != MSGPACK_OBJECT_ARRAY)
+    return codec_fail(err, RMEM_EPARAM, "parameter '%s' must be an array", key);
+  return 0;
+}
+
+int msg_readv_req_parse(const msgpack_object *params, msg_readv_req *req, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_readv_req, pid, "pid", F_U32, 1),
+  };
+  static const field span_fields[] = {
+      FIELD(msg_span, addr, "addr", F_U64, 1),
+      FIELD(msg_span, len, "len", F_U64, 1),
+  };
+  memset(req, 0, sizeof(*req));
+  const msgpack_object *a;
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc == 0)
+    rc = check_pid(req->pid, err);
+  if (rc == 0)
+    rc = param_array(params, "ranges", &a, err);
+  if (rc != 0)
+    return rc;
+  size_t n = a->via.array.size;
+  if (n > RMEM_READV_MAX_RANGES)
+    return codec_fail(err, RMEM_ETOOBIG, "%zu ranges exceed the limit of %d", n,
+                      RMEM_READV_MAX_RANGES);
+  req->ranges = calloc(n ? n : 1, sizeof(*req->ranges));
+  if (req->ranges == NULL)
+    return nomem(err);
+  for (size_t i = 0; i < n; i++) {
+    const msgpack_object *o = &a->via.array.ptr[i];
+    if (o->type != MSGPACK_OBJECT_MAP)
+      rc = codec_fail(err, RMEM_EPARAM, "parameter 'ranges' must hold maps {addr, len}");
+    else
+      rc = fields_parse(o, span_fields, COUNT(span_fields), &req->ranges[i], 0, err);
+    if (rc != 0) {
+      msg_readv_req_free(req);
+      return rc;
+    }
+  }
+  req->n = n;
+  return 0;
+}
+
+void msg_readv_req_free(msg_readv_req *req) {
+  if (req == NULL)
+    return;
+  free(req->ranges);
+  req->ranges = NULL;
+  req->n = 0;
+}
+
+void msg_readv_res_head(msgpack_packer *pk, uint32_t msgid, size_t n) {
+  codec_pack_result_head(pk, msgid);
+  msgpack_pack_map(pk, 1);
+  codec_pack_str(pk, "results");
+  msgpack_pack_array(pk, n);
+}
+
+void msg_readv_entry_head(msgpack_packer *pk, uint64_t len) {
+  msgpack_pack_map(pk, 2);
+  codec_pack_str(pk, "data");
+  msgpack_pack_bin(pk, (size_t)len);
+}
+
+void msg_readv_entry_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes) {
+  pack_ranges(pk, "holes", holes, nholes);
+}
+
+void msg_readv_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_readv_entry *e, size_t n) {
+  msg_readv_res_head(pk, msgid, n);
+  for (size_t i = 0; i < n; i++) {
+    msg_readv_entry_head(pk, e[i].len);
+    if (e[i].len)
+      msgpack_pack_bin_body(pk, e[i].data, e[i].len);
+    msg_readv_entry_tail(pk, e[i].holes, e[i].nholes);
+  }
+}
+
+int msg_readv_res_parse(const msgpack_object *result, msg_readv_entry *e, size_t cap, size_t *n,
+                        rmem_ranges *holes, codec_err *err) {
+  *n = 0;
+  const msgpack_object *a;
+  int rc = reply_is_map(result, "readv result", err);
+  if (rc == 0)
+    rc = reply_array(result, "results", &a, err);
+  if (rc != 0)
+    return rc;
+  size_t count = a->via.array.size;
+  if (count > cap)
+    return codec_fail(err, RMEM_EPROTO, "bad reply: %zu results for %zu ranges", count, cap);
+  size_t n0 = holes->n;
+  for (size_t i = 0; rc == 0 && i < count; i++) {
+    const msgpack_object *o = &a->via.array.ptr[i];
+    size_t before = holes->n;
+    rc = reply_is_map(o, "a readv result", err);
+    if (rc == 0 && codec_get_bin(o, "data", 1, &e[i].data, &e[i].len, err) != 0)
+      rc = bad_reply(err);
+    if (rc == 0)
+      rc = ranges_parse(o, "holes", holes, err);
+    e[i].nholes = holes->n - before;
+  }
+  if (rc != 0) {
+    holes->n = n0;
+    return rc;
+  }
+  /* Pointers only now: the list may have moved while it grew. */
+  for (size_t i = 0, at = n0; i < count; at += e[i].nholes, i++)
+    e[i].holes = e[i].nholes ? holes->v + at : NULL;
+  *n = count;
+  return 0;
+}
+
+/* deref */
+
+void msg_deref_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, uint64_t addr,
+                        const int64_t *offsets, size_t n, uint64_t len) {
+  codec_pack_request_head(pk, msgid, "deref", 4);
+  pack_u64(pk, "pid", pid);
+  pack_u64(pk, "addr", addr);
+  codec_pack_str(pk, "offsets");
+  msgpack_pack_array(pk, n);
+  for (size_t i = 0; i < n; i++)
+    msgpack_pack_int64(pk, offsets[i]);
+  pack_u64(pk, "len", len);
+}
+
+int msg_deref_req_parse(const msgpack_object *params, msg_deref_req *req, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_deref_req, pid, "pid", F_U32, 1),
+      FIELD(msg_deref_req, addr, "addr", F_U64, 1),
+      FIELD(msg_deref_req, len, "len", F_U64, 1),
+  };
+  memset(req, 0, sizeof(*req));
+  const msgpack_object *a;
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc == 0)
+    rc = check_pid(req->pid, err);
+  if (rc == 0)
+    rc = param_array(params, "offsets", &a, err);
+  if (rc != 0)
+    return rc;
+  size_t n = a->via.array.size;
+  if (n > RMEM_DEREF_MAX_OFFSETS)
+    return codec_fail(err, RMEM_ETOOBIG, "%zu offsets exceed the limit of %d", n,
+                      RMEM_DEREF_MAX_OFFSETS);
+  req->offsets = calloc(n ? n : 1, sizeof(*req->offsets));
+  if (req->offsets == NULL)
+    return nomem(err);
+  for (size_t i = 0; i < n; i++) {
+    const msgpack_object *o = &a->via.array.ptr[i];
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+      req->offsets[i] = o->via.i64;
+    } else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) {
+      req->offsets[i] = (int64_t)o->via.u64;
+    } else {
+      msg_deref_req_free(req);
+      return codec_fail(err, RMEM_EPARAM,
+                        "parameter 'offsets' must hold 64-bit signed integers (index %zu)", i);
+    }
+  }
+  req->n = n;
+  return 0;
+}
+
+void msg_deref_req_free(msg_deref_req *req) {
+  if (req == NULL)
+    return;
+  free(req->offsets);
+  req->offsets = NULL;
+  req->n = 0;
+}
+
+void msg_deref_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_deref_res *r,
+                        const rmem_range *holes, size_t nholes) {
+  codec_pack_result_head(pk, msgid);
+  msgpack_pack_map(pk, r->broken ? 2 : 4);
+  codec_pack_str(pk, "pointers");
+  msgpack_pack_array(pk, r->npointers);
+  for (size_t i = 0; i < r->npointers; i++)
+    msgpack_pack_uint64(pk, r->pointers[i]);
+  if (r->broken) {
+    codec_pack_str(pk, "broken");
+    msgpack_pack_map(pk, 3);
+    pack_u64(pk, "step", r->step);
+    pack_u64(pk, "addr", r->addr);
+    codec_pack_str(pk, "code");
+    msgpack_pack_int(pk, r->code);
+    return;
+  }
+  pack_u64(pk, "addr", r->addr);
+  codec_pack_str(pk, "data");
+  msgpack_pack_bin(pk, r->len);
+  if (r->len)
+    msgpack_pack_bin_body(pk, r->data, r->len);
+  pack_ranges(pk, "holes", holes, nholes);
+}
+
+int msg_deref_res_parse(const msgpack_object *result, msg_deref_res *r, rmem_ranges *holes,
+                        codec_err *err) {
+  static const field broken_fields[] = {
+      FIELD(msg_deref_res, step, "step", F_U32, 1),
+      FIELD(msg_deref_res, addr, "addr", F_U64, 1),
+      FIELD(msg_deref_res, code, "code", F_INT, 1),
+  };
+  memset(r, 0, sizeof(*r));
+  const msgpack_object *a;
+  int rc = reply_is_map(result, "deref result", err);
+  if (rc == 0)
+    rc = reply_array(result, "pointers", &a, err);
+  if (rc != 0)
+    return rc;
+  size_t n = a->via.array.size;
+  for (size_t i = 0; i < n; i++)
+    if (a->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+      return codec_fail(err, RMEM_EPROTO, "bad reply: 'pointers' must hold unsigned integers");
+  const msgpack_object *b = codec_map_get(result, "broken");
+  if (b && b->type != MSGPACK_OBJECT_NIL) {
+    rc = reply_is_map(b, "'broken'", err);
+    if (rc == 0)
+      rc = fields_parse(b, broken_fields, COUNT(broken_fields), r, 1, err);
+    if (rc == 0 && r->code >= 0)
+      rc = codec_fail(err, RMEM_EPROTO, "bad reply: broken code %d is not an error", r->code);
+    if (rc != 0)
+      return rc;
+    r->broken = 1;
+  } else {
+    if (codec_get_u64(result, "addr", 1, &r->addr, err) != 0 ||
+        codec_get_bin(result, "data", 1, &r->data, &r->len, err) != 0)
+      return bad_reply(err);
+    rc = ranges_parse(result, "holes", holes, err);
+    if (rc != 0)
+      return rc;
+  }
+  if (n > 0) {
+    r->pointers = malloc(n * sizeof(*r->pointers));
+    if (r->pointers == NULL)
+      return nomem(err);
+    for (size_t i = 0; i < n; i++)
+      r->pointers[i] = a->via.array.ptr[i].via.u64;
+  }
+  r->npointers = n;
+  return 0;
+}
+
+/* read_string */
+
+static const char *const encoding_names[] = {"utf8", "utf16"};
+
+void msg_string_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_string_req *req) {
+  int enc = req->encoding == MSG_ENC_UTF16;
+  codec_pack_request_head(pk, msgid, "read_string", 2 + (req->max_len != 0) + enc);
+  pack_u64(pk, "pid", req->pid);
+  pack_u64(pk, "addr", req->addr);
+  if (req->max_len)
+    pack_u64(pk, "max_len", req->max_len);
+  if (enc)
+    pack_str(pk, "encoding", encoding_names[MSG_ENC_UTF16]);
+}
+
+int msg_string_req_parse(const msgpack_object *params, msg_string_req *req, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_string_req, pid, "pid", F_U32, 1),
+      FIELD(msg_string_req, addr, "addr", F_U64, 1),
+      FIELD(msg_string_req, max_len, "max_len", F_U64, 0),
+  };
+  memset(req, 0, sizeof(*req));
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc == 0)
+    rc = check_pid(req->pid, err);
+  if (rc != 0)
+    return rc;
+  const msgpack_object *m = codec_map_get(params, "max_len");
+  if (m && m->type != MSGPACK_OBJECT_NIL && req->max_len == 0)
+    return codec_fail(err, RMEM_EPARAM, "parameter 'max_len' must be at least 1");
+  const msgpack_object *e = codec_map_get(params, "encoding");
+  if (e && e->type != MSGPACK_OBJECT_NIL) {
+    int enc = name_find(encoding_names, COUNT(encoding_names), e);
+    if (enc < 0)
+      return codec_fail(err, RMEM_EPARAM, "parameter 'encoding' must be \"utf8\" or \"utf16\"");
+    req->encoding = enc;
+  }
+  return 0;
+}
+
+void msg_string_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_string_res *r) {
+  codec_pack_result_head(pk, msgid);
+  msgpack_pack_map(pk, 3 + !!r->has_hole);
+  codec_pack_str(pk, "text");
+  codec_pack_strn(pk, r->text, r->text_len);
+  pack_u64(pk, "len", r->len);
+  pack_bool(pk, "terminated", r->terminated);
+  if (r->has_hole) {
+    codec_pack_str(pk, "hole");
+    msgpack_pack_map(pk, 2);
+    pack_u64(pk, "addr", r->hole_addr);
+    codec_pack_str(pk, "code");
+    msgpack_pack_int(pk, r->hole_code);
+  }
+}
+
+int msg_string_res_parse(const msgpack_object *result, msg_string_res *r, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_string_res, len, "len", F_U64, 1),
+      FIELD(msg_string_res, terminated, "terminated", F_BOOL, 1),
+  };
+  static const field hole_fields[] = {
+      FIELD(msg_string_res, hole_addr, "addr", F_U64, 1),
+      FIELD(msg_string_res, hole_code, "code", F_INT, 1),
+  };
+  memset(r, 0, sizeof(*r));
+  int rc = reply_is_map(result, "read_string result", err);
+  if (rc == 0 && codec_get_str(result, "text", 1, &r->text, &r->text_len, err) != 0)
+    rc = bad_reply(err);
+  if (rc == 0)
+    rc = fields_parse(result, fields, COUNT(fields), r, 1, err);
+  if (rc != 0)
+    return rc;
+  const msgpack_object *h = codec_map_get(result, "hole");
+  if (h && h->type != MSGPACK_OBJECT_NIL) {
+    rc = reply_is_map(h, "'hole'", err);
+    if (rc == 0)
+      rc = fields_parse(h, hole_fields, COUNT(hole_fields), r, 1, err);
+    if (rc == 0 && r->hole_code >= 0)
+      rc = codec_fail(err, RMEM_EPROTO, "bad reply: hole code %d is not an error", r->hole_code);
+    if (rc != 0)
+      return rc;
+    r->has_hole = 1;
+  }
+  return 0;
+}
+
+/* fill */
+
+void msg_fill_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_fill_req *req) {
+  codec_pack_request_head(pk, msgid, "fill", 4);
+  pack_u64(pk, "pid", req->pid);
+  pack_u64(pk, "addr", req->addr);
+  pack_u64(pk, "len", req->len);
+  codec_pack_str(pk, "pattern");
+  msgpack_pack_bin(pk, req->plen);
+  if (req->plen)
+    msgpack_pack_bin_body(pk, req->pattern, req->plen);
+}
+
+int msg_fill_req_parse(const msgpack_object *params, msg_fill_req *req, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_fill_req, pid, "pid", F_U32, 1),
+      FIELD(msg_fill_req, addr, "addr", F_U64, 1),
+      FIELD(msg_fill_req, len, "len", F_U64, 1),
+  };
+  memset(req, 0, sizeof(*req));
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc == 0)
+    rc = codec_get_bin(params, "pattern", 1, &req->pattern, &req->plen, err);
+  return rc ? rc : check_pid(req->pid, err);
+}
+
+/* cache */
+
+void msg_cache_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_cache_req *req) {
+  codec_pack_request_head(pk, msgid, "cache", !!req->flush + (req->pid != 0));
+  if (req->flush)
+    pack_bool(pk, "flush", 1);
+  if (req->pid)
+    pack_u64(pk, "pid", req->pid);
+}
+
+int msg_cache_req_parse(const msgpack_object *params, msg_cache_req *req, codec_err *err) {
+  static const field fields[] = {
+      FIELD(msg_cache_req, flush, "flush", F_BOOL, 0),
+  };
+  memset(req, 0, sizeof(*req));
+  int rc = fields_parse(params, fields, COUNT(fields), req, 0, err);
+  if (rc != 0)
+    return rc;
+  rc = codec_get_u32(params, "pid", 0, &req->pid, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0 && check_pid(req->pid, err) != 0)
+    return RMEM_EPARAM;
+  if (rc == 0 && !req->flush)
+    return codec_fail(err, RMEM_EPARAM, "parameter 'pid' applies only with 'flush'");
+  return 0;
+}
+
+/* Cache figures, in wire order. */
+static const field cache_fields[] = {
+    FIELD(rmem_cache_info, size_limit, "size_limit", F_U64, 1),
+    FIELD(rmem_cache_info, bytes, "bytes", F_U64, 1),
+    FIELD(rmem_cache_info, pages, "pages", F_U64, 1),
+    FIELD(rmem_cache_info, hits, "hits", F_U64, 1),
+    FIELD(rmem_cache_info, misses, "misses", F_U64, 1),
+    FIELD(rmem_cache_info, evictions, "evictions", F_U64, 1),
+    FIELD(rmem_cache_info, invalidations, "invalidations", F_U64, 1),
+};
+
+void msg_cache_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_cache_info *info) {
+  codec_pack_result_head(pk, msgid);
+  msgpack_pack_map(pk, COUNT(cache_fields));
+  for (size_t i = 0; i < COUNT(cache_fields); i++)
+    pack_u64(pk, cache_fields[i].key,
+             *(const uint64_t *)((const char *)info + cache_fields[i].off));
+}
+
+int msg_cache_res_parse(const msgpack_object *result, rmem_cache_info *info, codec_err *err) {
+  memset(info, 0, sizeof(*info));
+  int rc = reply_is_map(result, "cache result", err);
+  if (rc == 0)
+    rc = fields_parse(result, cache_fields, COUNT(cache_fields), info, 1, err);
+  return rc;
 }

@@ -17,6 +17,9 @@
 typedef struct {
   uint32_t version;
   char client[64]; /* Truncated copy of the client's name. */
+  int has_token;   /* A token was sent (it may be empty). */
+  size_t token_len;
+  char token[RMEM_TOKEN_MAX + 1]; /* The shared secret; a longer one is RMEM_EPARAM. */
 } msg_hello_req;
 
 void msg_hello_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_hello_req *req);
@@ -24,10 +27,19 @@ int msg_hello_req_parse(const msgpack_object *params, msg_hello_req *req, codec_
 void msg_hello_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_agent_info *info);
 int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, codec_err *err);
 
-/* ps */
-void msg_ps_req_pack(msgpack_packer *pk, uint32_t msgid);
-void msg_ps_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_proc *procs, size_t n);
-int msg_ps_res_parse(const msgpack_object *result, rmem_proc_list *out, codec_err *err);
+/* ps. `start` lists processes from that pid on (0: all); packed only when nonzero. */
+void msg_ps_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t start);
+int msg_ps_req_parse(const msgpack_object *params, uint32_t *start, codec_err *err);
+/* Packs {procs, next?}; `next` only when has_next. The head/proc/tail split
+ * lets the agent stop before the frame limit, as for map. */
+void msg_ps_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_proc *procs, size_t n,
+                     int has_next, uint32_t next);
+void msg_ps_res_head(msgpack_packer *pk, uint32_t msgid, size_t n, int has_next);
+void msg_proc_pack(msgpack_packer *pk, const rmem_proc *p);
+void msg_ps_res_tail(msgpack_packer *pk, int has_next, uint32_t next);
+/* Appends the procs of `result` to `out` and reads the optional `next`. */
+int msg_ps_res_parse(const msgpack_object *result, rmem_proc_list *out, int *has_next,
+                     uint32_t *next, codec_err *err);
 
 /* map */
 typedef struct {
@@ -54,28 +66,33 @@ void msg_region_pack(msgpack_packer *pk, const rmem_region *r);
 int msg_map_res_parse(const msgpack_object *result, rmem_memmap *out, int *has_next, uint64_t *next,
                       codec_err *err);
 
-/* read */
+/* read. The cache options are packed only when set (max_age_ms nonzero,
+ * uncached true). */
 typedef struct {
   uint32_t pid;
   uint64_t addr;
   uint64_t len;
+  uint64_t max_age_ms; /* 0: no age accepted. */
+  int uncached;
 } msg_read_req;
 
 void msg_read_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_read_req *req);
 /* Checks types only; limits (max_read, wrap-around) are the handler's. */
 int msg_read_req_parse(const msgpack_object *params, msg_read_req *req, codec_err *err);
-/* The result is {data: bin, holes: [...]}. data comes first so the agent can
- * read target memory straight into the reply: msg_read_res_head packs
- * everything up to and including the bin header, the caller writes `len`
- * bytes, then msg_read_res_tail packs the holes. msg_read_res_pack does all
- * three and gives the same bytes. */
+/* The result is {data: bin, holes: [...], cached: uint}. data comes first so
+ * the agent can read target memory straight into the reply:
+ * msg_read_res_head packs everything up to and including the bin header,
+ * the caller writes `len` bytes, then msg_read_res_tail packs the holes and
+ * `cached` (bytes served from the agent's page cache). msg_read_res_pack
+ * does all three and gives the same bytes. */
 void msg_read_res_head(msgpack_packer *pk, uint32_t msgid, uint64_t len);
-void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes);
+void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes, uint64_t cached);
 void msg_read_res_pack(msgpack_packer *pk, uint32_t msgid, const void *data, size_t len,
-                       const rmem_range *holes, size_t nholes);
-/* Points *data at the bytes in place and appends the holes to `holes` (may be NULL). */
+                       const rmem_range *holes, size_t nholes, uint64_t cached);
+/* Points *data at the bytes in place, appends the holes to `holes` (may be
+ * NULL) and sets *cached (may be NULL; 0 when an older agent left it out). */
 int msg_read_res_parse(const msgpack_object *result, const char **data, size_t *len,
-                       rmem_ranges *holes, codec_err *err);
+                       rmem_ranges *holes, uint64_t *cached, codec_err *err);
 
 /* write */
 typedef struct {
@@ -115,5 +132,133 @@ int msg_ranges_push(rmem_ranges *r, uint64_t addr, uint64_t len, int code);
 const char *msg_state_name(int state);
 const char *msg_type_name(int type);
 const char *msg_usage_name(int usage);
+
+/* readv. One range of a request. */
+typedef struct {
+  uint64_t addr, len;
+} msg_span;
+
+typedef struct {
+  uint32_t pid;
+  msg_span *ranges; /* Parse: malloc'd; msg_readv_req_free releases it. */
+  size_t n;
+} msg_readv_req;
+
+void msg_readv_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const msg_span *ranges,
+                        size_t n);
+/* Checks types and the count (RMEM_ETOOBIG over RMEM_READV_MAX_RANGES,
+ * before anything is allocated); max_read and wrap-around are the handler's. */
+int msg_readv_req_parse(const msgpack_object *params, msg_readv_req *req, codec_err *err);
+void msg_readv_req_free(msg_readv_req *req);
+
+/* One result of a readv reply: exactly a read result. */
+typedef struct {
+  const char *data; /* Parse: points into the decoded message. */
+  size_t len;
+  const rmem_range *holes; /* Parse: points into the `holes` list given to parse. */
+  size_t nholes;
+} msg_readv_entry;
+
+/* The result is {results: [{data, holes}...]}. As for read, the agent packs
+ * it in pieces so that target memory goes straight into the reply: the head
+ * (up to the results' array header), then per range an entry head (up to and
+ * including the bin header), `len` bytes, and the entry tail (the holes). */
+void msg_readv_res_head(msgpack_packer *pk, uint32_t msgid, size_t n);
+void msg_readv_entry_head(msgpack_packer *pk, uint64_t len);
+void msg_readv_entry_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes);
+void msg_readv_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_readv_entry *e, size_t n);
+/* Fills e[0..*n) (at most `cap` entries; more is RMEM_EPROTO) and appends
+ * every entry's holes to `holes`, which the entries then point into. */
+int msg_readv_res_parse(const msgpack_object *result, msg_readv_entry *e, size_t cap, size_t *n,
+                        rmem_ranges *holes, codec_err *err);
+
+/* deref */
+typedef struct {
+  uint32_t pid;
+  uint64_t addr;
+  int64_t *offsets; /* Parse: malloc'd; msg_deref_req_free releases it. */
+  size_t n;
+  uint64_t len;
+} msg_deref_req;
+
+void msg_deref_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, uint64_t addr,
+                        const int64_t *offsets, size_t n, uint64_t len);
+/* Offsets are msgpack integers from -2^63 to 2^63-1. Checks types and the
+ * count (RMEM_ETOOBIG over RMEM_DEREF_MAX_OFFSETS, before allocating). */
+int msg_deref_req_parse(const msgpack_object *params, msg_deref_req *req, codec_err *err);
+void msg_deref_req_free(msg_deref_req *req);
+
+/* A deref result: resolved {pointers, addr, data, holes} or broken
+ * {pointers, broken: {step, addr, code}}. */
+typedef struct {
+  uint64_t *pointers; /* Parse: malloc'd (free()); NULL when there are none. */
+  size_t npointers;
+  uint64_t addr; /* The final address, or where the failed read was. */
+  int broken;
+  uint32_t step;    /* Broken: the offset's index, or the number of offsets for the final read. */
+  int code;         /* Broken: RMEM_EUNMAPPED, RMEM_EPROT or RMEM_EIO. */
+  const char *data; /* Resolved: parse points into the decoded message. */
+  size_t len;
+} msg_deref_res;
+
+void msg_deref_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_deref_res *r,
+                        const rmem_range *holes, size_t nholes);
+/* Appends the holes of a resolved result to `holes` (may be NULL). */
+int msg_deref_res_parse(const msgpack_object *result, msg_deref_res *r, rmem_ranges *holes,
+                        codec_err *err);
+
+/* read_string */
+enum { MSG_ENC_UTF8 = 0, MSG_ENC_UTF16 = 1 };
+
+typedef struct {
+  uint32_t pid;
+  uint64_t addr;
+  uint64_t max_len; /* 0: absent, meaning RMEM_STRING_DEFAULT; not packed. */
+  int encoding;     /* MSG_ENC_*; UTF-8, the default, is not packed. */
+} msg_string_req;
+
+void msg_string_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_string_req *req);
+/* Leaves an absent max_len 0 (so that parse and pack round-trip); a max_len
+ * of 0 on the wire or an unknown encoding is RMEM_EPARAM. Limits are the
+ * handler's. */
+int msg_string_req_parse(const msgpack_object *params, msg_string_req *req, codec_err *err);
+
+typedef struct {
+  const char *text; /* UTF-8; parse points into the decoded message. */
+  size_t text_len;
+  uint64_t len; /* Bytes consumed in the target, without the terminator. */
+  int terminated;
+  int has_hole; /* Reading stopped at an unreadable page: */
+  uint64_t hole_addr;
+  int hole_code;
+} msg_string_res;
+
+void msg_string_res_pack(msgpack_packer *pk, uint32_t msgid, const msg_string_res *r);
+int msg_string_res_parse(const msgpack_object *result, msg_string_res *r, codec_err *err);
+
+/* fill. The result is write's: msg_write_res_pack and msg_write_res_parse. */
+typedef struct {
+  uint32_t pid;
+  uint64_t addr;
+  uint64_t len;
+  const char *pattern; /* Points into the decoded message. */
+  size_t plen;
+} msg_fill_req;
+
+void msg_fill_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_fill_req *req);
+/* Checks types only; the pattern's and the range's limits are the handler's. */
+int msg_fill_req_parse(const msgpack_object *params, msg_fill_req *req, codec_err *err);
+
+/* cache */
+typedef struct {
+  int flush;
+  uint32_t pid; /* With flush: only this process; 0: all. */
+} msg_cache_req;
+
+void msg_cache_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_cache_req *req);
+/* A pid of 0, or a pid without flush, is RMEM_EPARAM. */
+int msg_cache_req_parse(const msgpack_object *params, msg_cache_req *req, codec_err *err);
+void msg_cache_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_cache_info *info);
+int msg_cache_res_parse(const msgpack_object *result, rmem_cache_info *info, codec_err *err);
 
 #endif

@@ -28,7 +28,8 @@
   X(ECONNECT, -18, "cannot connect to agent")                                                      \
   X(ECLOSED, -19, "connection closed")                                                             \
   X(ETIMEDOUT, -20, "timed out")                                                                   \
-  X(EPROTO, -21, "protocol violation by peer")
+  X(EPROTO, -21, "protocol violation by peer")                                                     \
+  X(ETLS, -22, "TLS handshake or certificate failure")
 
 typedef enum {
   RMEM_OK = 0,

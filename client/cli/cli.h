@@ -25,13 +25,29 @@ typedef struct {
   int timeout_ms;
   int json;
   int help;
+  /* Security: TLS, how to check the agent, how to prove who we are. */
+  int tls;
+  const char *ca_file;
+  const char *pin;
+  const char *cert_file;
+  const char *key_file;
+  const char *token_file;
+  const char *token; /* From RMEM_TOKEN, when there is no token file. */
   /* map */
   int map_free;
   int map_detail;
   /* read */
   const char *out_file;
+  int uncached;
+  const char *max_age; /* --max-age MS, as given. */
+  /* cache */
+  int cache_flush;
   /* write */
   const char *in_file;
+  /* deref, string */
+  const char *deref_len; /* --len N, as given. */
+  const char *str_max;   /* --max N, as given. */
+  int str_utf16;
   /* The command and its positional arguments. */
   const char *cmd;
   int nargs;
@@ -68,6 +84,12 @@ int cmd_map(const cli_opts *o);
 int cmd_read(const cli_opts *o);
 int cmd_write(const cli_opts *o);
 int cmd_info(const cli_opts *o);
+int cmd_cache(const cli_opts *o);
+/* cmd_slow.c: requests that save round trips on slow links. */
+int cmd_readv(const cli_opts *o);
+int cmd_deref(const cli_opts *o);
+int cmd_string(const cli_opts *o);
+int cmd_fill(const cli_opts *o);
 
 /* Output helpers (cli_out.c). */
 

@@ -292,6 +292,10 @@ void cli_hexdump(FILE *f, uint64_t addr, const unsigned char *p, size_t len,
                  const rmem_ranges *holes, int width) {
   size_t h = 0; /* First hole that may still cover a byte at or after the cursor. */
   char line[160];
+  /* Runs of identical lines (zeros, a big hole) print once, then "*", as
+   * hexdump and xxd -a do; the last line always prints. */
+  char prev[160] = "";
+  int starred = 0;
   for (size_t off = 0; off < len; off += 16) {
     size_t n = len - off < 16 ? len - off : 16;
     int pos = snprintf(line, sizeof(line), "%0*" PRIx64 ":", width, addr + off);
@@ -325,6 +329,24 @@ void cli_hexdump(FILE *f, uint64_t addr, const unsigned char *p, size_t len,
     line[pos++] = ' ';
     line[pos++] = ' ';
     line[pos] = '\0';
+    const char *body = strchr(line, ':');
+    char cur[160];
+    snprintf(cur, sizeof(cur), "%s%s", body, ascii);
+    if (n == 16 && off + 16 < len && off > 0 && strcmp(cur, prev) == 0) {
+      if (!starred)
+        fputs("*\n", f);
+      starred = 1;
+      continue;
+    }
+    starred = 0;
+    memcpy(prev, cur, sizeof(prev));
+    /* Hole lines end in blanks: trim them. */
+    size_t end = strlen(ascii);
+    while (end > 0 && ascii[end - 1] == ' ')
+      ascii[--end] = '\0';
+    if (end == 0)
+      while (pos > 0 && line[pos - 1] == ' ')
+        line[--pos] = '\0';
     fputs(line, f);
     fputs(ascii, f);
     fputc('\n', f);

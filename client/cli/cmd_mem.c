@@ -128,6 +128,12 @@ int cmd_read(const cli_opts *o) {
     return cli_usage_error("read", "read: length too large");
   if (o->json && o->out_file && strcmp(o->out_file, "-") == 0)
     return cli_usage_error("read", "read: --json and -o - would mix JSON and raw bytes");
+  rmem_read_opts ropts = {.uncached = o->uncached};
+  if (o->max_age && cli_parse_u64(o->max_age, &ropts.max_age_ms) != 0)
+    return cli_usage_error("read", "read: --max-age: '%s' is not a number of milliseconds",
+                           o->max_age);
+  if (o->uncached && o->max_age)
+    return cli_usage_error("read", "read: --uncached and --max-age contradict each other");
 
   reader r = {.o = o, .pid = pid, .addr = addr, .len = len, .width = 8};
   for (uint64_t end = addr + len - 1; r.width < 16 && (end >> (4 * r.width)) != 0;)
@@ -159,12 +165,15 @@ int cmd_read(const cli_opts *o) {
   int show = o->out_file && !to_stdout && len > PROGRESS_MIN && isatty(STDERR_FILENO);
   double t0 = now_s();
   uint64_t total = 0, deferred = 0; /* Unreadable bytes not emitted yet. */
+  uint64_t cached = 0;
   char first_fault[512] = "";
   for (uint64_t off = 0; off < len; off += psize) {
     size_t n = len - off < psize ? (size_t)(len - off) : psize;
     uint64_t a = addr + off;
     piece.n = 0;
-    ssize_t got = rmem_read(c, pid, a, buf, n, &piece);
+    rmem_read_info info = {0};
+    ssize_t got = rmem_read_ex(c, pid, a, buf, n, &ropts, &piece, &info);
+    cached += info.cached_bytes;
     if (got < 0 && got != RMEM_EFAULT) {
       if (show)
         fputs("\r\033[K", stderr);
@@ -234,6 +243,7 @@ int cmd_read(const cli_opts *o) {
     else
       json_kv_str(&r.j, "file", o->out_file);
     json_kv_u64(&r.j, "read", total);
+    json_kv_u64(&r.j, "cached", cached);
     json_ranges(&r.j, "holes", &all);
     json_obj_end(&r.j);
     json_finish(&r.j);

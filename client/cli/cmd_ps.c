@@ -135,6 +135,8 @@ int cmd_info(const cli_opts *o) {
     json_kv_str(&j, "arch", in->arch);
     json_kv_u64(&j, "page_size", in->page_size);
     json_kv_u64(&j, "pointer_size", in->pointer_size);
+    json_kv_bool(&j, "tls", in->tls);
+    json_kv_str(&j, "auth", in->auth[0] ? in->auth : "none");
     json_obj_end(&j);
     json_finish(&j);
   } else {
@@ -145,6 +147,8 @@ int cmd_info(const cli_opts *o) {
     printf("os / arch     %s %s\n", in->os, in->arch);
     printf("page size     %u\n", in->page_size);
     printf("pointer size  %u\n", in->pointer_size);
+    printf("transport     %s\n", in->tls ? "TLS" : "plaintext");
+    printf("auth          %s\n", in->auth[0] ? in->auth : "none");
     printf("max_frame     %llu (%s)\n", (unsigned long long)in->max_frame,
            cli_human(in->max_frame, a, sizeof(a)));
     printf("max_read      %llu (%s)\n", (unsigned long long)in->max_read,

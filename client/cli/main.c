@@ -19,7 +19,12 @@ static const char usage_main[] =
     "  read PID ADDR LEN [-o FILE]   read memory: a hexdump, or raw bytes to FILE\n"
     "  write PID ADDR HEX...         write bytes given in hex\n"
     "  write PID ADDR --file FILE    write the bytes of FILE\n"
+    "  readv PID ADDR:LEN...         read several ranges in one round trip\n"
+    "  deref PID ADDR OFF...         follow a pointer chain, read at its end\n"
+    "  string PID ADDR               read a NUL-terminated (or UTF-16) string\n"
+    "  fill PID ADDR LEN HEX...      write a byte pattern repeated over a range\n"
     "  info                          show the agent's version, limits and methods\n"
+    "  cache [--flush [PID]]         show the agent's page cache figures, or flush it\n"
     "  help [COMMAND]                show help, for one command with COMMAND\n"
     "\n"
     "Options (before or after the command):\n"
@@ -30,6 +35,18 @@ static const char usage_main[] =
     "  --json          print one JSON document on stdout instead of text\n"
     "  -h, --help      show this help; 'rmem COMMAND --help' for a command\n"
     "  -V, --version   print the version\n"
+    "\n"
+    "Security (the agent says what it requires: see 'rmem info'):\n"
+    "  --tls           connect with TLS (env RMEM_TLS=1; implied by --ca and --pin)\n"
+    "  --ca FILE       trust agent certificates issued by this CA (PEM; env RMEM_CA)\n"
+    "  --pin SHA256    or accept exactly the agent certificate with this SHA-256\n"
+    "                  (hex, colons allowed; env RMEM_PIN)\n"
+    "  --cert FILE     client certificate for mutual TLS (PEM; env RMEM_CERT)\n"
+    "  --key FILE      its private key (PEM; env RMEM_KEY)\n"
+    "  --token-file FILE\n"
+    "                  send the shared secret in FILE (env RMEM_TOKEN_FILE, or the\n"
+    "                  secret itself in RMEM_TOKEN); never sent in the clear to a\n"
+    "                  non-loopback address\n"
     "\n"
     "Numbers: PID is decimal; ADDR and LEN are decimal or 0x-prefixed hex, and\n"
     "LEN may end in k, m or g (KiB, MiB, GiB).\n"
@@ -87,7 +104,7 @@ static const char usage_map[] =
     "not apply are left out.\n";
 
 static const char usage_read[] =
-    "Usage: rmem read PID ADDR LEN [-o FILE] [--json]\n"
+    "Usage: rmem read PID ADDR LEN [-o FILE] [--uncached] [--max-age MS] [--json]\n"
     "\n"
     "Read LEN bytes at ADDR in process PID. Without -o, print a hexdump in the\n"
     "style of xxd whose address column is the target address; bytes that could\n"
@@ -96,12 +113,38 @@ static const char usage_read[] =
     "\n"
     "  -o, --output FILE   write the raw bytes to FILE ('-' for stdout); holes\n"
     "                      are zero-filled\n"
+    "  --uncached          read live memory only, never the agent's cached copies\n"
+    "  --max-age MS        also accept cached copies of any page read at most MS\n"
+    "                      milliseconds ago (they may be that stale)\n"
     "\n"
-    "Long reads to a file show progress on stderr when it is a terminal.\n"
+    "Without either, the agent serves from its cache only pages of read-only\n"
+    "file mappings (code, constants) whose mapping is unchanged; see 'rmem help\n"
+    "cache'. Long reads to a file show progress on stderr when it is a terminal.\n"
     "\n"
     "JSON: {\"pid\", \"addr\", \"len\", \"data\" (hex string, holes as 00; absent with\n"
-    "-o, which adds \"file\"), \"read\" (bytes read), \"holes\": [{\"addr\", \"len\",\n"
-    "\"code\", \"name\"}]}\n";
+    "-o, which adds \"file\"), \"read\" (bytes read), \"cached\" (bytes of those\n"
+    "served from the agent's cache), \"holes\": [{\"addr\", \"len\", \"code\",\n"
+    "\"name\"}]}\n";
+
+static const char usage_cache[] =
+    "Usage: rmem cache [--flush [PID]] [--json]\n"
+    "\n"
+    "Show the figures of the agent's page cache: its size limit, what it holds,\n"
+    "and since the agent started, the pages served from it (hits), the pages\n"
+    "that could have been but were read live (misses), and the pages dropped\n"
+    "for room (evictions) or as no longer trustworthy (invalidations: writes,\n"
+    "flushes, exited processes, changed mappings).\n"
+    "\n"
+    "The agent caches pages of read-only file mappings while their mapping is\n"
+    "unchanged; other pages are served from the cache only to reads that accept\n"
+    "an age (rmem read --max-age). Writes through the agent drop the pages they\n"
+    "touch. Writes by anyone else into read-only file pages (another debugger's\n"
+    "breakpoints, hot patches) are not seen: flush, or read with --uncached.\n"
+    "\n"
+    "  --flush [PID]   first drop the cached pages of PID, or of every process\n"
+    "\n"
+    "JSON: {\"flushed\" (only with --flush: the pid, or \"all\"), \"size_limit\",\n"
+    "\"bytes\", \"pages\", \"hits\", \"misses\", \"evictions\", \"invalidations\"}\n";
 
 static const char usage_write[] =
     "Usage: rmem write PID ADDR HEX... [--json]\n"
@@ -123,7 +166,71 @@ static const char usage_info[] =
     "\n"
     "Show what the agent announced when connecting: its version, the protocol\n"
     "version, OS and architecture, page and pointer size, its limits (max_frame,\n"
-    "max_read, max_write, max_inflight) and the methods it serves.\n";
+    "max_read, max_write, max_inflight), the methods it serves, whether the\n"
+    "connection runs over TLS, and what authentication it requires (none, token,\n"
+    "mtls).\n";
+
+static const char usage_readv[] =
+    "Usage: rmem readv PID ADDR:LEN [ADDR:LEN...] [--json]\n"
+    "\n"
+    "Read several ranges of process PID in one round trip (long lists are split\n"
+    "and pipelined). Each range prints as a hexdump under a line 'ADDR+LEN:';\n"
+    "bytes that could not be read print as ??. Ranges may overlap and come in\n"
+    "any order. The unreadable ranges (holes) are summed up on stderr, and the\n"
+    "exit status is then 4; when nothing at all could be read, it is 1.\n"
+    "\n"
+    "JSON: {\"pid\", \"ranges\": [{\"addr\", \"len\", \"read\" (bytes read), \"data\" (hex\n"
+    "string, holes as 00), \"holes\": [{\"addr\", \"len\", \"code\", \"name\"}]}]}\n";
+
+static const char usage_deref[] =
+    "Usage: rmem deref PID ADDR OFF [OFF...] [--len N] [--json]\n"
+    "\n"
+    "Follow a pointer chain in process PID in one round trip, as a Cheat Engine\n"
+    "pointer path: p = ADDR; for each offset OFF, p = [p] + OFF, where [p] is the\n"
+    "pointer stored at p (4 bytes in 32-bit processes, 8 in 64-bit ones, and\n"
+    "arithmetic wraps at that width); then read N bytes at p. Offsets are\n"
+    "decimal or 0x hex with an optional sign: +0x10, -8, 0x18.\n"
+    "\n"
+    "Prints one line per step, '[i] P -> [P]', then the final address and a\n"
+    "hexdump. When a pointer or the final bytes cannot be read, the chain is\n"
+    "broken: the steps so far print, the error goes to stderr, and the exit\n"
+    "status is 1. Holes in the final bytes give exit status 4.\n"
+    "\n"
+    "  --len N   bytes to read at the end of the chain (default 16; 0: none)\n"
+    "\n"
+    "JSON: {\"pid\", \"addr\", \"offsets\": [...], \"steps\": [{\"addr\", \"pointer\"}],\n"
+    "\"final\", \"len\", \"data\" (hex string), \"holes\": [...]}; a broken chain has\n"
+    "\"broken\": {\"step\", \"addr\", \"code\", \"name\"} instead of final, data, holes.\n";
+
+static const char usage_string[] =
+    "Usage: rmem string PID ADDR [--max N] [--utf16] [--json]\n"
+    "\n"
+    "Read the string at ADDR in process PID: bytes up to a NUL or, with --utf16,\n"
+    "UTF-16LE units up to a 0x0000 unit (converted to UTF-8; unpaired surrogates\n"
+    "become U+FFFD). Reading stops at the terminator, after N bytes, or at the\n"
+    "first unreadable page. The text prints on one line, with control bytes and\n"
+    "invalid UTF-8 escaped (\\n, \\t, \\xNN) and backslashes doubled.\n"
+    "\n"
+    "  --max N   read at most N bytes of the target (default 4096; at most 1m)\n"
+    "  --utf16   the string is UTF-16LE\n"
+    "\n"
+    "A string cut short by --max is noted on stderr (exit status 0); one that\n"
+    "runs into an unreadable page too, with exit status 4.\n"
+    "\n"
+    "JSON: {\"pid\", \"addr\", \"encoding\", \"text\", \"len\" (bytes in the target),\n"
+    "\"terminated\", \"hole\": {\"addr\", \"code\", \"name\"} (only when there is one)}\n";
+
+static const char usage_fill[] =
+    "Usage: rmem fill PID ADDR LEN HEX... [--json]\n"
+    "\n"
+    "Write the byte pattern HEX (1 to 4096 bytes, given as for write: 'de ad',\n"
+    "'0x90') repeated over LEN bytes at ADDR in process PID, as WinDbg's f\n"
+    "command does; only the pattern crosses the network. Pages are treated as\n"
+    "write treats them. Ranges that failed are summed up on stderr, and the exit\n"
+    "status is then 4.\n"
+    "\n"
+    "JSON: {\"pid\", \"addr\", \"len\", \"pattern\" (hex string), \"written\",\n"
+    "\"failed\": [{\"addr\", \"len\", \"code\", \"name\"}]}\n";
 
 static const char usage_help[] = "Usage: rmem help [COMMAND]\n"
                                  "\n"
@@ -137,9 +244,12 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"ps", cmd_ps, usage_ps, 0, 0},       {"map", cmd_map, usage_map, 1, 1},
-    {"read", cmd_read, usage_read, 3, 3}, {"write", cmd_write, usage_write, 2, -1},
-    {"info", cmd_info, usage_info, 0, 0}, {"help", NULL, usage_help, 0, 1},
+    {"ps", cmd_ps, usage_ps, 0, 0},           {"map", cmd_map, usage_map, 1, 1},
+    {"read", cmd_read, usage_read, 3, 3},     {"write", cmd_write, usage_write, 2, -1},
+    {"info", cmd_info, usage_info, 0, 0},     {"help", NULL, usage_help, 0, 1},
+    {"cache", cmd_cache, usage_cache, 0, 1},  {"readv", cmd_readv, usage_readv, 2, -1},
+    {"deref", cmd_deref, usage_deref, 3, -1}, {"string", cmd_string, usage_string, 2, 2},
+    {"fill", cmd_fill, usage_fill, 4, -1},
 };
 
 static const command *find_command(const char *name) {
@@ -173,6 +283,7 @@ int cli_exit_status(int code) {
   case RMEM_EMALFORMED:
   case RMEM_ENOHELLO:
   case RMEM_EVERSION:
+  case RMEM_ETLS:
     return CLI_EXIT_CONN;
   }
   return CLI_EXIT_AGENT;
@@ -223,9 +334,61 @@ int cli_fail_detail(const cli_opts *o, int code, int stdout_used, const char *de
   return status;
 }
 
+/* Reads the token from `path` into buf[RMEM_TOKEN_MAX + 1], without a final
+ * newline. Returns 0 or -1 with errno (EMSGSIZE: too long; EINVAL: empty). */
+static int read_token(const char *path, char *buf) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  char tmp[RMEM_TOKEN_MAX + 3];
+  size_t n = fread(tmp, 1, sizeof(tmp), f);
+  int err = ferror(f) ? errno : 0;
+  fclose(f);
+  if (n > 0 && tmp[n - 1] == '\n')
+    n--;
+  if (n > 0 && tmp[n - 1] == '\r')
+    n--;
+  if (!err && n == 0)
+    err = EINVAL;
+  if (!err && n > RMEM_TOKEN_MAX)
+    err = EMSGSIZE;
+  if (!err) {
+    memcpy(buf, tmp, n);
+    buf[n] = '\0';
+  }
+  memset(tmp, 0, sizeof(tmp));
+  errno = err;
+  return err ? -1 : 0;
+}
+
 rmem_client *cli_connect(const cli_opts *o, int *status) {
   rmem_client *c = NULL;
-  int rc = rmem_connect(&c, o->host, o->port, o->timeout_ms);
+  char token[RMEM_TOKEN_MAX + 1];
+  rmem_connect_options co = {
+      .host = o->host,
+      .port = o->port,
+      .timeout_ms = o->timeout_ms,
+      .tls = o->tls,
+      .ca_file = o->ca_file,
+      .pin_sha256 = o->pin,
+      .cert_file = o->cert_file,
+      .key_file = o->key_file,
+      .token = o->token,
+  };
+  if (o->token_file) {
+    if (read_token(o->token_file, token) != 0) {
+      int e = errno;
+      *status = cli_fail_detail(o, RMEM_EPARAM, 0,
+                                e == EINVAL     ? "the file is empty"
+                                : e == EMSGSIZE ? "the token is too long"
+                                                : strerror(e),
+                                "token file %s", o->token_file);
+      return NULL;
+    }
+    co.token = token;
+  }
+  int rc = rmem_connect_opts(&c, &co);
+  memset(token, 0, sizeof(token));
   if (rc != 0) {
     *status = cli_fail(o, NULL, rc, 0, NULL);
     return NULL;
@@ -332,6 +495,18 @@ enum {
   OPT_DETAIL,
   OPT_OUTPUT,
   OPT_FILE,
+  OPT_UNCACHED,
+  OPT_MAX_AGE,
+  OPT_FLUSH,
+  OPT_LEN,
+  OPT_MAX,
+  OPT_UTF16,
+  OPT_TLS,
+  OPT_CA,
+  OPT_PIN,
+  OPT_CERT,
+  OPT_KEY,
+  OPT_TOKEN_FILE,
 };
 
 typedef struct {
@@ -343,11 +518,28 @@ typedef struct {
 } option;
 
 static const option options[] = {
-    {"host", 0, OPT_HOST, 1, NULL},         {"port", 0, OPT_PORT, 1, NULL},
-    {"timeout", 0, OPT_TIMEOUT, 1, NULL},   {"json", 0, OPT_JSON, 0, NULL},
-    {"help", 'h', OPT_HELP, 0, NULL},       {"version", 'V', OPT_VERSION, 0, NULL},
-    {"free", 0, OPT_FREE, 0, "map"},        {"detail", 0, OPT_DETAIL, 0, "map"},
-    {"output", 'o', OPT_OUTPUT, 1, "read"}, {"file", 'f', OPT_FILE, 1, "write"},
+    {"host", 0, OPT_HOST, 1, NULL},
+    {"port", 0, OPT_PORT, 1, NULL},
+    {"timeout", 0, OPT_TIMEOUT, 1, NULL},
+    {"json", 0, OPT_JSON, 0, NULL},
+    {"help", 'h', OPT_HELP, 0, NULL},
+    {"version", 'V', OPT_VERSION, 0, NULL},
+    {"free", 0, OPT_FREE, 0, "map"},
+    {"detail", 0, OPT_DETAIL, 0, "map"},
+    {"output", 'o', OPT_OUTPUT, 1, "read"},
+    {"file", 'f', OPT_FILE, 1, "write"},
+    {"uncached", 0, OPT_UNCACHED, 0, "read"},
+    {"max-age", 0, OPT_MAX_AGE, 1, "read"},
+    {"flush", 0, OPT_FLUSH, 0, "cache"},
+    {"len", 0, OPT_LEN, 1, "deref"},
+    {"max", 0, OPT_MAX, 1, "string"},
+    {"utf16", 0, OPT_UTF16, 0, "string"},
+    {"tls", 0, OPT_TLS, 0, NULL},
+    {"ca", 0, OPT_CA, 1, NULL},
+    {"pin", 0, OPT_PIN, 1, NULL},
+    {"cert", 0, OPT_CERT, 1, NULL},
+    {"key", 0, OPT_KEY, 1, NULL},
+    {"token-file", 0, OPT_TOKEN_FILE, 1, NULL},
 };
 
 static const option *find_option(const char *arg, const char **value) {
@@ -381,6 +573,12 @@ static const option *find_option(const char *arg, const char **value) {
   return NULL;
 }
 
+/* An environment variable, or NULL when unset or empty. */
+static const char *env_str(const char *name) {
+  const char *v = getenv(name);
+  return v && *v ? v : NULL;
+}
+
 int main(int argc, char **argv) {
   cli_opts o = {.host = getenv("RMEM_HOST"), .port = RMEM_DEFAULT_PORT};
   if (o.host == NULL || *o.host == '\0')
@@ -388,6 +586,15 @@ int main(int argc, char **argv) {
   const char *env_port = getenv("RMEM_PORT");
   if (env_port && *env_port && parse_port(env_port, &o.port) != 0)
     return cli_usage_error(NULL, "RMEM_PORT: '%s' is not a port number", env_port);
+  const char *env_tls = getenv("RMEM_TLS");
+  o.tls = env_tls && *env_tls && strcmp(env_tls, "0") != 0;
+  o.ca_file = env_str("RMEM_CA");
+  o.pin = env_str("RMEM_PIN");
+  o.cert_file = env_str("RMEM_CERT");
+  o.key_file = env_str("RMEM_KEY");
+  o.token_file = env_str("RMEM_TOKEN_FILE");
+  if (o.token_file == NULL)
+    o.token = env_str("RMEM_TOKEN");
 
   char **pos = calloc((size_t)argc + 1, sizeof(*pos));
   if (pos == NULL) {
@@ -405,7 +612,8 @@ int main(int argc, char **argv) {
         pos[npos++] = argv[i];
       break;
     }
-    if (arg[0] != '-' || arg[1] == '\0') {
+    /* A negative number ("-8", a deref offset) is an argument, not an option. */
+    if (arg[0] != '-' || arg[1] == '\0' || (arg[1] >= '0' && arg[1] <= '9')) {
       pos[npos++] = argv[i];
       continue;
     }
@@ -465,8 +673,48 @@ int main(int argc, char **argv) {
     case OPT_FILE:
       o.in_file = value;
       break;
+    case OPT_UNCACHED:
+      o.uncached = 1;
+      break;
+    case OPT_MAX_AGE:
+      o.max_age = value;
+      break;
+    case OPT_FLUSH:
+      o.cache_flush = 1;
+      break;
+    case OPT_LEN:
+      o.deref_len = value;
+      break;
+    case OPT_MAX:
+      o.str_max = value;
+      break;
+    case OPT_UTF16:
+      o.str_utf16 = 1;
+      break;
+    case OPT_TLS:
+      o.tls = 1;
+      break;
+    case OPT_CA:
+      o.ca_file = value;
+      break;
+    case OPT_PIN:
+      o.pin = value;
+      break;
+    case OPT_CERT:
+      o.cert_file = value;
+      break;
+    case OPT_KEY:
+      o.key_file = value;
+      break;
+    case OPT_TOKEN_FILE:
+      o.token_file = value;
+      o.token = NULL;
+      break;
     }
   }
+  /* A way to check the agent's certificate only makes sense with TLS. */
+  if (o.ca_file || o.pin)
+    o.tls = 1;
 
   if (version && npos == 0) {
     printf("rmem %s (librmem %s, protocol %d)\n", RMEM_VERSION, RMEM_VERSION, 1);

@@ -3,6 +3,7 @@
  * and the fixtures and passes their addresses here.
  *
  *   rmem_bench --port P --bulk-pid PID --bulk-addr A --bulk-len N --map-pid PID2
+ *              [--tls --ca FILE | --pin SHA256]
  *
  * Figures are medians over several runs; the machine is shared and noisy. */
 #include "rmem.h"
@@ -38,8 +39,7 @@ static double pct(double *v, size_t n, double p) {
 }
 
 static void die(rmem_client *c, const char *what, long rc) {
-  fprintf(stderr, "rmem_bench: %s: %s (%s)\n", what, rmem_strerror((int)rc),
-          c ? rmem_last_error(c) : "");
+  fprintf(stderr, "rmem_bench: %s: %s (%s)\n", what, rmem_strerror((int)rc), rmem_last_error(c));
   exit(1);
 }
 
@@ -138,11 +138,19 @@ int main(int argc, char **argv) {
   int port = RMEM_DEFAULT_PORT, runs = 5;
   uint32_t bulk_pid = 0, map_pid = 0;
   uint64_t bulk_addr = 0, bulk_len = 256u << 20;
+  rmem_connect_options co = {.timeout_ms = 30000};
   static const struct option opts[] = {
-      {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
-      {"bulk-pid", required_argument, 0, 'b'}, {"bulk-addr", required_argument, 0, 'a'},
-      {"bulk-len", required_argument, 0, 'l'}, {"map-pid", required_argument, 0, 'm'},
-      {"runs", required_argument, 0, 'r'},     {0, 0, 0, 0},
+      {"tls", no_argument, 0, 't'},
+      {"ca", required_argument, 0, 'c'},
+      {"pin", required_argument, 0, 'P'},
+      {"host", required_argument, 0, 'h'},
+      {"port", required_argument, 0, 'p'},
+      {"bulk-pid", required_argument, 0, 'b'},
+      {"bulk-addr", required_argument, 0, 'a'},
+      {"bulk-len", required_argument, 0, 'l'},
+      {"map-pid", required_argument, 0, 'm'},
+      {"runs", required_argument, 0, 'r'},
+      {0, 0, 0, 0},
   };
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -168,21 +176,34 @@ int main(int argc, char **argv) {
     case 'r':
       runs = atoi(optarg);
       break;
+    case 't':
+      co.tls = 1;
+      break;
+    case 'c':
+      co.tls = 1;
+      co.ca_file = optarg;
+      break;
+    case 'P':
+      co.tls = 1;
+      co.pin_sha256 = optarg;
+      break;
     default:
       fprintf(stderr, "usage: rmem_bench --port P --bulk-pid PID --bulk-addr A [--bulk-len N] "
-                      "--map-pid PID [--runs N]\n");
+                      "--map-pid PID [--runs N] [--tls --ca FILE | --pin SHA256]\n");
       return 2;
     }
   }
   if (runs < 1 || runs > 100)
     runs = 5;
   rmem_client *c;
-  int rc = rmem_connect(&c, host, (uint16_t)port, 30000);
+  co.host = host;
+  co.port = (uint16_t)port;
+  int rc = rmem_connect_opts(&c, &co);
   if (rc < 0)
     die(NULL, "connect", rc);
   const rmem_agent_info *info = rmem_info(c);
-  printf("agent %s, max_read %llu, max_inflight %u\n", info->agent,
-         (unsigned long long)info->max_read, info->max_inflight);
+  printf("agent %s, max_read %llu, max_inflight %u%s\n", info->agent,
+         (unsigned long long)info->max_read, info->max_inflight, info->tls ? ", TLS" : "");
 
   double v[100];
   if (bulk_pid) {

@@ -32,3 +32,8 @@ echo "# rmem_bench on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 "$build"/tests/rmem_bench --port "$(cat "$tmp/port")" \
   --bulk-pid "$(val "$tmp/bulk" pid)" --bulk-addr "$(val "$tmp/bulk" bulk)" \
   --bulk-len "$(val "$tmp/bulk" bulk_len)" --map-pid "$(val "$tmp/regions" pid)" "$@"
+
+# The page cache: agent-side cost of a 4 KiB read, hit against live, and the
+# same through librmem (it starts its own agents).
+echo "# cache_bench"
+"$build"/tests/cache_bench --rmemd "$build"/rmemd

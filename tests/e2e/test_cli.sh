@@ -511,6 +511,148 @@ else
   bad "read of $BIGLEN bytes in 64 KiB requests matches /proc/PID/mem"
 fi
 
+## Slow-link commands: readv, deref, string, fill.
+
+for cmd in readv deref string fill; do
+  run "$cmd" --help
+  if [ "$rc" -eq 0 ] && grep -q "^Usage: rmem $cmd" "$T/out"; then
+    ok "rmem $cmd --help exits 0"
+  else
+    bad "rmem $cmd --help exits 0"
+  fi
+done
+usage_case readv 1 0x1000
+usage_case deref 1 0x1000
+usage_case deref 1 0x1000 +zz
+usage_case string 1 0x1000 --max 0
+usage_case fill 1 0x1000 16
+usage_case fill 1 0x1000 16 abc
+
+CHAIN=$(fx chain)
+STR8=$(fx str8)
+STRNOTERM=$(fx strnoterm)
+if [ -n "$CHAIN" ] && [ -n "$STR8" ]; then
+  run "${R[@]}" deref "$FPID" "$CHAIN" +0x10 0x8 -0x20
+  if [ "$rc" -eq 0 ] && grep -q "^\[2\] " "$T/out" && grep -q "chain-target-ok!" "$T/out"; then
+    ok "deref follows a 3-level chain (offsets +0x10 0x8 -0x20)"
+  else
+    bad "deref follows a 3-level chain (offsets +0x10 0x8 -0x20)"
+  fi
+  run "${R[@]}" deref "$FPID" "$(addhex "$GUARD" "$PAGE")" 0 --json
+  if [ "$rc" -eq 1 ] && grep -q '"broken"' "$T/out" && grep -q "RMEM_EPROT" "$T/out"; then
+    ok "deref of a chain that breaks exits 1 with the break in JSON"
+  else
+    bad "deref of a chain that breaks exits 1 with the break in JSON"
+  fi
+  run "${R[@]}" readv "$FPID" "$PATTERN:16" "$(addhex "$GUARD" "$PAGE"):16"
+  if [ "$rc" -eq 4 ] && grep -q "^$(hex "$PATTERN"): 030a 1118" "$T/out"; then
+    ok "readv of a readable and an unreadable range exits 4"
+  else
+    bad "readv of a readable and an unreadable range exits 4"
+  fi
+  run "${R[@]}" string "$FPID" "$STR8"
+  if [ "$rc" -eq 0 ] && [ "$(cat "$T/out")" = "héllo wörld ✓" ]; then
+    ok "string reads a UTF-8 string next to an inaccessible page"
+  else
+    bad "string reads a UTF-8 string next to an inaccessible page"
+  fi
+  run "${R[@]}" string "$FPID" "$STRNOTERM" --json
+  if [ "$rc" -eq 4 ] && grep -q '"terminated": false' "$T/out" && grep -q '"hole"' "$T/out"; then
+    ok "string without a terminator exits 4 with the hole"
+  else
+    bad "string without a terminator exits 4 with the hole"
+  fi
+  run "${R[@]}" fill "$FPID" "$(addhex "$SCRATCH" 256)" 8 0x41
+  run2_rc=$rc
+  run "${R[@]}" read "$FPID" "$(addhex "$SCRATCH" 256)" 8
+  if [ "$run2_rc" -eq 0 ] && grep -q "AAAAAAAA" "$T/out"; then
+    ok "fill writes its pattern"
+  else
+    bad "fill writes its pattern"
+  fi
+  run "${R[@]}" fill "$FPID" "$(addhex "$GUARD" "$PAGE")" 16 90
+  if [ "$rc" -eq 1 ] && grep -q "RMEM_EFAULT" "$T/err"; then
+    ok "fill of a page with no access exits 1 with RMEM_EFAULT"
+  else
+    bad "fill of a page with no access exits 1 with RMEM_EFAULT"
+  fi
+else
+  bad "fixture output lacks chain/str8"
+fi
+
+## The page cache: rmem cache, read --uncached and --max-age.
+
+start_agent "$T/port3" || die "cannot start a third rmemd"
+RC=(--port "$AGENT_PORT" --timeout 20000)
+run cache --help
+if [ "$rc" -eq 0 ] && grep -q "^Usage: rmem cache" "$T/out"; then
+  ok "rmem cache --help exits 0"
+else
+  bad "rmem cache --help exits 0"
+fi
+usage_case "${RC[@]}" cache 123
+usage_case "${RC[@]}" cache --flush 0
+usage_case "${RC[@]}" cache --flush 1 2
+usage_case "${RC[@]}" read "$FPID" "$SCRATCH" 16 --uncached --max-age 5
+usage_case "${RC[@]}" read "$FPID" "$SCRATCH" 16 --max-age soon
+usage_case "${RC[@]}" read "$FPID" "$SCRATCH" 16 --flush
+# The fixture executable's first page (its ELF header): a read-only file page.
+ELF=$(python3 -c '
+import os, sys
+exe = os.readlink("/proc/%s/exe" % sys.argv[1])
+for line in open("/proc/%s/maps" % sys.argv[1]):
+    f = line.split()
+    if len(f) >= 6 and f[5] == exe and f[2] == "00000000" and f[1].startswith("r"):
+        print("0x" + f[0].split("-")[0])
+        break
+' "$FPID")
+# json_field FILE KEY: prints a top-level field of a JSON document.
+json_field() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+cached_case() { # NAME WANT ARGS...
+  local name=$1 want=$2
+  shift 2
+  run "${RC[@]}" read "$FPID" "$@" --json
+  if [ "$rc" -eq 0 ] && [ "$(json_field "$T/out" cached 2>>"$T/err")" = "$want" ]; then
+    ok "$name"
+  else
+    bad "$name" "expected \"cached\": $want"
+  fi
+}
+cached_case "a first read of a read-only file page is live" 0 "$ELF" 16
+cached_case "a second read comes from the cache" 16 "$ELF" 16
+cached_case "read --uncached bypasses the cache" 0 "$ELF" 16 --uncached
+cached_case "anonymous memory is read live" 0 "$SCRATCH" 16
+cached_case "read --max-age fills the cache" 0 "$SCRATCH" 16 --max-age 60000
+cached_case "read --max-age takes a young copy" 16 "$SCRATCH" 16 --max-age 60000
+run "${RC[@]}" cache --json
+if [ "$rc" -eq 0 ] && python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["size_limit"] == 64 << 20 and d["pages"] == 2 and d["bytes"] == 2 * int(sys.argv[2]), d
+assert d["hits"] == 2 and d["misses"] == 2 and "flushed" not in d, d
+' "$T/out" "$PAGE" 2>>"$T/err"; then
+  ok "rmem cache --json shows the figures"
+else
+  bad "rmem cache --json shows the figures"
+fi
+run "${RC[@]}" cache --flush "$FPID" --json
+if [ "$rc" -eq 0 ] && [ "$(json_field "$T/out" flushed)" = "$FPID" ] &&
+  [ "$(json_field "$T/out" pages)" = 0 ]; then
+  ok "rmem cache --flush PID"
+else
+  bad "rmem cache --flush PID"
+fi
+cached_case "a flushed page is read live" 0 "$ELF" 16
+run "${RC[@]}" cache --flush
+if [ "$rc" -eq 0 ] && grep -q "^flushed every process" "$T/out" && grep -q "^hits  *2$" "$T/out" &&
+  grep -q "^held  *0B in 0 pages" "$T/out"; then
+  ok "rmem cache --flush prints the figures"
+else
+  bad "rmem cache --flush prints the figures"
+fi
+
 ## Connection problems.
 
 CLOSED=$(python3 -c '

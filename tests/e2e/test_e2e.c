@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,7 +167,63 @@ static void test_ps(void **state) {
   assert_string_equal(p->exe, S.exe);
   assert_int_equal(p->argc, 1);
   assert_string_equal(p->argv[0], FIXTURE_TARGET_PATH);
+  assert_false(p->cmdline_truncated);
   rmem_proc_list_free(&l);
+}
+
+/* A command line of 100 KB is cut at 4 KiB and flagged; an agent with a
+ * small max_frame lists the processes in pieces that librmem joins. */
+static void test_ps_long_and_pieces(void **state) {
+  (void)state;
+  static char big[100000];
+  memset(big, 'x', sizeof(big) - 1);
+  pid_t child = fork();
+  assert_true(child >= 0);
+  if (child == 0) {
+    /* Its own process group, killed whole below, and no inherited stdout:
+     * ctest waits for every holder of the test's output pipe. */
+    setpgid(0, 0);
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    /* "; true" keeps sh from exec'ing sleep, so its command line stays ours. */
+    execl("/bin/sh", "sh", "-c", "sleep 30; true", "sh", big, (char *)NULL);
+    _exit(127);
+  }
+  usleep(100000);
+  h_agent small;
+  const char *opts[] = {"--max-frame", "65536", NULL};
+  assert_int_equal(h_agent_start_args(&small, NULL, opts), 0);
+  rmem_client *sc;
+  assert_int_equal(rmem_connect(&sc, "127.0.0.1", small.port, 10000), 0);
+  rmem_proc_list l;
+  memset(&l, 0, sizeof(l));
+  assert_int_equal(rmem_ps(sc, &l), 0);
+  const rmem_proc *p = NULL;
+  size_t bytes = 0;
+  for (size_t i = 0; i < l.n; i++) {
+    if (i > 0)
+      assert_true(l.procs[i - 1].pid < l.procs[i].pid);
+    if (l.procs[i].pid == (uint32_t)child)
+      p = &l.procs[i];
+  }
+  assert_non_null(p);
+  assert_true(p->cmdline_truncated);
+  for (size_t i = 0; i < p->argc; i++)
+    bytes += strlen(p->argv[i]) + 1;
+  assert_true(bytes <= 4096 + 1);
+  assert_string_equal(p->argv[0], "sh");
+  /* The same processes as one whole reply (give or take ones that came and went). */
+  rmem_proc_list whole;
+  memset(&whole, 0, sizeof(whole));
+  assert_int_equal(rmem_ps(S.c, &whole), 0);
+  assert_true(l.n + 5 >= whole.n && whole.n + 5 >= l.n);
+  rmem_proc_list_free(&whole);
+  rmem_proc_list_free(&l);
+  rmem_close(sc);
+  assert_int_equal(h_agent_stop(&small), 0);
+  kill(-child, SIGKILL);
+  waitpid(child, NULL, 0);
 }
 
 /* map */
@@ -556,6 +613,38 @@ static void test_read_unmapped(void **state) {
   rmem_ranges_free(&holes);
 }
 
+typedef struct {
+  uint64_t next; /* The address the next piece must start at. */
+  int pieces, bad, holes, stop_after, want_guard;
+} stream_check;
+
+static int stream_cb(void *ctx, uint64_t addr, const void *data, size_t len,
+                     const rmem_range *holes, size_t nholes) {
+  stream_check *sc = ctx;
+  const uint8_t *p = data;
+  if (addr != sc->next)
+    sc->bad++;
+  sc->next = addr + len;
+  sc->pieces++;
+  sc->holes += (int)nholes;
+  for (size_t i = 0; i < len && !sc->want_guard; i++)
+    if (p[i] != bulk_byte(addr + i))
+      sc->bad++;
+  if (sc->want_guard) {
+    for (size_t i = 0; i < len; i++) {
+      uint64_t a = addr + i;
+      int in_hole = a >= S.guard + S.page && a < S.guard + 2 * S.page;
+      if (p[i] != (in_hole ? 0 : 0xAA))
+        sc->bad++;
+    }
+    for (size_t i = 0; i < nholes; i++)
+      if (holes[i].addr != S.guard + S.page || holes[i].len != S.page ||
+          holes[i].code != RMEM_EPROT)
+        sc->bad++;
+  }
+  return sc->stop_after && sc->pieces >= sc->stop_after;
+}
+
 static void test_read_big(void **state) {
   (void)state;
   h_fixture bf;
@@ -584,7 +673,31 @@ static void test_read_big(void **state) {
       fail_msg("bulk byte %" PRIu64 " (addr %" PRIx64 "): %02x, want %02x", i, addr + i, buf[i],
                bulk_byte(addr + i));
   free(buf);
+
+  /* The same range streamed to a callback: every byte once, in order. */
+  stream_check sc = {.next = addr, .bad = 0};
+  got = rmem_read_stream(S.c, pid, addr, len, stream_cb, &sc);
+  assert_int_equal(got, (ssize_t)len);
+  assert_int_equal(sc.next, addr + len);
+  assert_int_equal(sc.bad, 0);
+  assert_true(sc.pieces > 1);
+  /* A callback that says stop ends the stream; the client stays usable. */
+  sc = (stream_check){.next = addr, .stop_after = 2};
+  assert_int_equal(rmem_read_stream(S.c, pid, addr, len, stream_cb, &sc), RMEM_ECLOSED);
+  uint8_t b8[8];
+  assert_int_equal(rmem_read(S.c, pid, addr, b8, sizeof(b8), NULL), 8);
   assert_int_equal(h_fixture_stop(&bf), 0);
+}
+
+/* Streaming across the guard page: the hole arrives with its piece. */
+static void test_read_stream_holes(void **state) {
+  (void)state;
+  stream_check sc = {.next = S.guard, .want_guard = 1};
+  ssize_t got = rmem_read_stream(S.c, S.pid, S.guard, 3 * S.page, stream_cb, &sc);
+  assert_int_equal(got, (ssize_t)(2 * S.page));
+  assert_int_equal(sc.next, S.guard + 3 * S.page);
+  assert_int_equal(sc.holes, 1);
+  assert_int_equal(sc.bad, 0);
 }
 
 /* write */
@@ -906,6 +1019,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hello),
       cmocka_unit_test(test_ps),
+      cmocka_unit_test(test_ps_long_and_pieces),
       cmocka_unit_test(test_map_matches_proc_maps),
       cmocka_unit_test(test_map_labels),
       cmocka_unit_test(test_map_free_gaps),
@@ -914,6 +1028,7 @@ int main(void) {
       cmocka_unit_test(test_read_guard),
       cmocka_unit_test(test_read_unmapped),
       cmocka_unit_test(test_read_big),
+      cmocka_unit_test(test_read_stream_holes),
       cmocka_unit_test(test_write_scratch),
       cmocka_unit_test(test_write_rodata),
       cmocka_unit_test(test_write_guard),

@@ -47,22 +47,17 @@ static int hello_res(const msgpack_object *o, codec_buf *b) {
 }
 
 static int ps_res(const msgpack_object *o, codec_buf *b) {
-  rmem_proc_list l;
+  rmem_proc_list l = {0};
   codec_err err;
-  int rc = msg_ps_res_parse(o, &l, &err);
+  int has_next;
+  uint32_t next;
+  int rc = msg_ps_res_parse(o, &l, &has_next, &next, &err);
   if (rc == 0) {
     msgpack_packer pk;
     codec_frame_begin(b, &pk);
-    msg_ps_res_pack(&pk, 1, l.procs, l.n);
-    for (size_t i = 0; i < l.n; i++) {
-      free(l.procs[i].name);
-      free(l.procs[i].exe);
-      for (size_t j = 0; j < l.procs[i].argc; j++)
-        free(l.procs[i].argv[j]);
-      free(l.procs[i].argv);
-    }
-    free(l.procs);
+    msg_ps_res_pack(&pk, 1, l.procs, l.n, has_next, next);
   }
+  rmem_proc_list_free(&l);
   return rc;
 }
 
@@ -112,18 +107,19 @@ static int read_res(const msgpack_object *o, codec_buf *b) {
   size_t len;
   rmem_ranges holes = {0};
   codec_err err;
-  int rc = msg_read_res_parse(o, &data, &len, &holes, &err);
+  uint64_t cached;
+  int rc = msg_read_res_parse(o, &data, &len, &holes, &cached, &err);
   if (rc == 0) {
     msgpack_packer pk;
     size_t start = b->len;
     codec_frame_begin(b, &pk);
-    msg_read_res_pack(&pk, 1, data, len, holes.v, holes.n);
+    msg_read_res_pack(&pk, 1, data, len, holes.v, holes.n, cached);
     /* The zero-copy path must give the same bytes. */
     codec_buf split = {0};
     codec_frame_begin(&split, &pk);
     msg_read_res_head(&pk, 1, len);
     codec_buf_write(&split, data, len);
-    msg_read_res_tail(&pk, holes.v, holes.n);
+    msg_read_res_tail(&pk, holes.v, holes.n, cached);
     if (split.len != b->len - start || memcmp(split.data, b->data + start, split.len) != 0)
       abort();
     codec_buf_free(&split);
@@ -171,8 +167,125 @@ static int error_obj(const msgpack_object *o, codec_buf *b) {
   return rc;
 }
 
+static int cache_req(const msgpack_object *o, codec_buf *b) {
+  msg_cache_req req;
+  codec_err err;
+  int rc = msg_cache_req_parse(o, &req, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_cache_req_pack(&pk, 1, &req);
+  }
+  return rc;
+}
+
+static int cache_res(const msgpack_object *o, codec_buf *b) {
+  rmem_cache_info info;
+  codec_err err;
+  int rc = msg_cache_res_parse(o, &info, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_cache_res_pack(&pk, 1, &info);
+  }
+  return rc;
+}
+
+static int readv_req(const msgpack_object *o, codec_buf *b) {
+  msg_readv_req req;
+  codec_err err;
+  int rc = msg_readv_req_parse(o, &req, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_readv_req_pack(&pk, 1, req.pid, req.ranges, req.n);
+  }
+  msg_readv_req_free(&req);
+  return rc;
+}
+
+static int readv_res(const msgpack_object *o, codec_buf *b) {
+  static msg_readv_entry e[MAX_OBJECTS];
+  rmem_ranges holes = {0};
+  size_t n;
+  codec_err err;
+  int rc = msg_readv_res_parse(o, e, MAX_OBJECTS, &n, &holes, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_readv_res_pack(&pk, 1, e, n);
+  }
+  rmem_ranges_free(&holes);
+  return rc;
+}
+
+static int deref_req(const msgpack_object *o, codec_buf *b) {
+  msg_deref_req req;
+  codec_err err;
+  int rc = msg_deref_req_parse(o, &req, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_deref_req_pack(&pk, 1, req.pid, req.addr, req.offsets, req.n, req.len);
+  }
+  msg_deref_req_free(&req);
+  return rc;
+}
+
+static int deref_res(const msgpack_object *o, codec_buf *b) {
+  msg_deref_res r;
+  rmem_ranges holes = {0};
+  codec_err err;
+  int rc = msg_deref_res_parse(o, &r, &holes, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_deref_res_pack(&pk, 1, &r, holes.v, holes.n);
+    free(r.pointers);
+  }
+  rmem_ranges_free(&holes);
+  return rc;
+}
+
+static int string_req(const msgpack_object *o, codec_buf *b) {
+  msg_string_req req;
+  codec_err err;
+  int rc = msg_string_req_parse(o, &req, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_string_req_pack(&pk, 1, &req);
+  }
+  return rc;
+}
+
+static int string_res(const msgpack_object *o, codec_buf *b) {
+  msg_string_res r;
+  codec_err err;
+  int rc = msg_string_res_parse(o, &r, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_string_res_pack(&pk, 1, &r);
+  }
+  return rc;
+}
+
+static int fill_req(const msgpack_object *o, codec_buf *b) {
+  msg_fill_req req;
+  codec_err err;
+  int rc = msg_fill_req_parse(o, &req, &err);
+  if (rc == 0) {
+    msgpack_packer pk;
+    codec_frame_begin(b, &pk);
+    msg_fill_req_pack(&pk, 1, &req);
+  }
+  return rc;
+}
+
 static const repack_fn parsers[] = {
-    hello_req, hello_res, ps_res,    map_req,   map_res,
+    readv_req, readv_res, deref_req, deref_res, string_req, string_res, fill_req,
+    cache_req, cache_res, hello_req, hello_res, ps_res,     map_req,    map_res,
     read_req,  read_res,  write_req, write_res, error_obj,
 };
 

@@ -62,7 +62,8 @@ static void test_error_table(void **state) {
   assert_int_equal(RMEM_EFAULT, -7);
   assert_int_equal(RMEM_EUNMAPPED, -15);
   assert_int_equal(RMEM_EPROTO, -21);
-  assert_int_equal(COUNT(errors), 21);
+  assert_int_equal(RMEM_ETLS, -22);
+  assert_int_equal(COUNT(errors), 22);
 
   assert_string_equal(rmem_err_name(0), "RMEM_OK");
   assert_string_equal(rmem_strerror(0), "success");

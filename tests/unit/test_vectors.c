@@ -41,6 +41,8 @@ static const rmem_agent_info hello_info = {
     .max_inflight = 64,
     .nmethods = 5,
     .methods = {"hello", "map", "ps", "read", "write"},
+    .tls = 1,
+    .auth = "token",
 };
 
 static char *argv_init[] = {"/sbin/init", "splash", NULL};
@@ -184,6 +186,19 @@ static const uint64_t map_next = 0x7ffffffff000;
 static const msg_read_req read_req = {.pid = 4242, .addr = 0x555555579ff8, .len = 16};
 static const unsigned char read_data[16] = "rmem-ok!"; /* Then 8 zero bytes. */
 static const rmem_range read_holes[] = {{.addr = 0x55555557a000, .len = 8, .code = RMEM_EUNMAPPED}};
+static const uint64_t read_cached = 8;
+static const msg_read_req read_req_cache = {
+    .pid = 4242, .addr = 0x555555579ff8, .len = 16, .max_age_ms = 250, .uncached = 1};
+
+static const msg_cache_req cache_req = {0};
+static const msg_cache_req cache_req_flush = {.flush = 1, .pid = 4242};
+static const rmem_cache_info cache_info = {.size_limit = 67108864,
+                                           .bytes = 1228800,
+                                           .pages = 300,
+                                           .hits = 70000,
+                                           .misses = 1234,
+                                           .evictions = 0,
+                                           .invalidations = 56};
 
 static const unsigned char write_data[16] = {0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4,
                                              0xca, 0xfe, 0xba, 0xbe, 5, 6, 7, 8};
@@ -202,7 +217,10 @@ enum {
   ID_MAP = 3,
   ID_MAP_NEXT = 4,
   ID_ERROR = 7,
+  ID_CACHE = 9,
+  ID_CACHE_FLUSH = 10,
   ID_READ = 300,
+  ID_READ_CACHE = 301,
   ID_WRITE = 70000,
 };
 
@@ -383,6 +401,10 @@ static void ranges_clear(rmem_ranges *r) {
 
 /* One test per vector. */
 
+/* The continuation fields of the last ps parse. */
+static int ps_has_next;
+static uint32_t ps_next;
+
 static void test_hello_request(void **state) {
   vec v = vec_load("hello.request.hex");
   msgpack_unpacked up;
@@ -399,6 +421,81 @@ static void test_hello_request(void **state) {
   msg_hello_req_pack(&pk, m.msgid, &req);
   frame_check(&b, &v);
   vec_done(&v, &up);
+}
+
+static void test_hello_request_token(void **state) {
+  vec v = vec_load("hello.request.token.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, ID_HELLO, "hello");
+  msg_hello_req req;
+  codec_err err;
+  assert_int_equal(msg_hello_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.version, hello_req.version);
+  assert_string_equal(req.client, hello_req.client);
+  assert_int_equal(req.has_token, 1);
+  assert_int_equal(req.token_len, strlen("s3cret-t0ken"));
+  assert_memory_equal(req.token, "s3cret-t0ken", req.token_len);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_hello_req_pack(&pk, m.msgid, &req);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+/* A token is never cut: over RMEM_TOKEN_MAX bytes is a parameter error. */
+static void test_hello_token_limits(void **state) {
+  msg_hello_req req = {.version = 1, .has_token = 1, .token_len = RMEM_TOKEN_MAX};
+  memset(req.token, 'x', RMEM_TOKEN_MAX);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_hello_req_pack(&pk, 1, &req);
+  assert_int_equal(codec_frame_end(&b, 0), 0);
+  msgpack_unpacked up;
+  msgpack_unpacked_init(&up);
+  codec_msg m;
+  char why[128];
+  assert_int_equal(codec_msg_decode(b.data + CODEC_FRAME_HDR, b.len - CODEC_FRAME_HDR, MAX_OBJECTS,
+                                    &up, &m, why, sizeof(why)),
+                   0);
+  msg_hello_req got;
+  codec_err err;
+  assert_int_equal(msg_hello_req_parse(m.params, &got, &err), 0);
+  assert_int_equal(got.token_len, RMEM_TOKEN_MAX);
+  msgpack_unpacked_destroy(&up);
+  codec_buf_free(&b);
+
+  /* One byte more. */
+  char big[RMEM_TOKEN_MAX + 1];
+  memset(big, 'x', sizeof(big));
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer p2;
+  msgpack_packer_init(&p2, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&p2, 2);
+  msgpack_pack_str_with_body(&p2, "version", 7);
+  msgpack_pack_uint32(&p2, 1);
+  msgpack_pack_str_with_body(&p2, "token", 5);
+  msgpack_pack_str_with_body(&p2, big, sizeof(big));
+  msgpack_unpacked_init(&up);
+  assert_int_equal(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+  assert_int_equal(msg_hello_req_parse(&up.data, &got, &err), RMEM_EPARAM);
+  assert_non_null(strstr(err.msg, "token"));
+  /* A token that is not a string. */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_map(&p2, 2);
+  msgpack_pack_str_with_body(&p2, "version", 7);
+  msgpack_pack_uint32(&p2, 1);
+  msgpack_pack_str_with_body(&p2, "token", 5);
+  msgpack_pack_uint32(&p2, 7);
+  msgpack_unpacked_destroy(&up);
+  msgpack_unpacked_init(&up);
+  assert_int_equal(msgpack_unpack_next(&up, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
+  assert_int_equal(msg_hello_req_parse(&up.data, &got, &err), RMEM_EPARAM);
+  msgpack_unpacked_destroy(&up);
+  msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_hello_response(void **state) {
@@ -428,7 +525,7 @@ static void test_ps_request(void **state) {
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
-  msg_ps_req_pack(&pk, m.msgid);
+  msg_ps_req_pack(&pk, m.msgid, 0);
   frame_check(&b, &v);
   vec_done(&v, &up);
 }
@@ -438,9 +535,9 @@ static void test_ps_response(void **state) {
   msgpack_unpacked up;
   codec_msg m;
   decode(&v, &up, &m, CODEC_RESPONSE, ID_PS, NULL);
-  rmem_proc_list l;
+  rmem_proc_list l = {0};
   codec_err err;
-  assert_int_equal(msg_ps_res_parse(m.result, &l, &err), 0);
+  assert_int_equal(msg_ps_res_parse(m.result, &l, &ps_has_next, &ps_next, &err), 0);
   assert_int_equal(l.n, COUNT(ps_procs));
   for (size_t i = 0; i < l.n; i++) {
     const rmem_proc *a = &l.procs[i], *e = &ps_procs[i];
@@ -460,7 +557,7 @@ static void test_ps_response(void **state) {
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
-  msg_ps_res_pack(&pk, m.msgid, l.procs, l.n);
+  msg_ps_res_pack(&pk, m.msgid, l.procs, l.n, ps_has_next, ps_next);
   frame_check(&b, &v);
   proc_list_clear(&l);
   vec_done(&v, &up);
@@ -529,23 +626,33 @@ static void test_map_response_next(void **state) {
                      COUNT(map_regions_next), 1);
 }
 
-static void test_read_request(void **state) {
-  vec v = vec_load("read.request.hex");
+static void read_request_check(const char *file, uint32_t msgid, const msg_read_req *want) {
+  vec v = vec_load(file);
   msgpack_unpacked up;
   codec_msg m;
-  decode(&v, &up, &m, CODEC_REQUEST, ID_READ, "read");
+  decode(&v, &up, &m, CODEC_REQUEST, msgid, "read");
   msg_read_req req;
   codec_err err;
   assert_int_equal(msg_read_req_parse(m.params, &req, &err), 0);
-  assert_int_equal(req.pid, read_req.pid);
-  assert_int_equal(req.addr, read_req.addr);
-  assert_int_equal(req.len, read_req.len);
+  assert_int_equal(req.pid, want->pid);
+  assert_int_equal(req.addr, want->addr);
+  assert_int_equal(req.len, want->len);
+  assert_int_equal(req.max_age_ms, want->max_age_ms);
+  assert_int_equal(req.uncached, want->uncached);
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
   msg_read_req_pack(&pk, m.msgid, &req);
   frame_check(&b, &v);
   vec_done(&v, &up);
+}
+
+static void test_read_request(void **state) {
+  read_request_check("read.request.hex", ID_READ, &read_req);
+}
+
+static void test_read_request_cache(void **state) {
+  read_request_check("read.request.cache.hex", ID_READ_CACHE, &read_req_cache);
 }
 
 static void test_read_response(void **state) {
@@ -557,22 +664,24 @@ static void test_read_response(void **state) {
   size_t len;
   rmem_ranges holes = {0};
   codec_err err;
-  assert_int_equal(msg_read_res_parse(m.result, &data, &len, &holes, &err), 0);
+  uint64_t cached = 0;
+  assert_int_equal(msg_read_res_parse(m.result, &data, &len, &holes, &cached, &err), 0);
   assert_int_equal(len, sizeof(read_data));
   assert_memory_equal(data, read_data, len);
   ranges_check(&holes, read_holes, COUNT(read_holes));
+  assert_int_equal(cached, read_cached);
 
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
-  msg_read_res_pack(&pk, m.msgid, data, len, holes.v, holes.n);
+  msg_read_res_pack(&pk, m.msgid, data, len, holes.v, holes.n, cached);
   frame_check(&b, &v);
 
   /* The agent's zero-copy path: head, raw bytes, tail. */
   frame_begin(&b, &pk);
   msg_read_res_head(&pk, m.msgid, len);
   assert_int_equal(codec_buf_write(&b, data, len), 0);
-  msg_read_res_tail(&pk, holes.v, holes.n);
+  msg_read_res_tail(&pk, holes.v, holes.n, cached);
   frame_check(&b, &v);
 
   ranges_clear(&holes);
@@ -702,12 +811,394 @@ static void test_error_fault(void **state) {
   vec_done(&v, &up);
 }
 
+static void test_ps_next(void **state) {
+  vec q = vec_load("ps.request.next.hex");
+  msgpack_unpacked uq;
+  codec_msg mq;
+  decode(&q, &uq, &mq, CODEC_REQUEST, 5, "ps");
+  uint32_t start;
+  codec_err err;
+  assert_int_equal(msg_ps_req_parse(mq.params, &start, &err), 0);
+  assert_int_equal(start, 4000);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_ps_req_pack(&pk, mq.msgid, start);
+  frame_check(&b, &q);
+  vec_done(&q, &uq);
+
+  vec v = vec_load("ps.response.next.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, 5, NULL);
+  rmem_proc_list l = {0};
+  assert_int_equal(msg_ps_res_parse(m.result, &l, &ps_has_next, &ps_next, &err), 0);
+  assert_int_equal(l.n, 1);
+  assert_true(ps_has_next);
+  assert_int_equal(ps_next, 4243);
+  assert_int_equal(l.procs[0].pid, 4242);
+  assert_int_equal(l.procs[0].argc, 2);
+  assert_true(l.procs[0].cmdline_truncated);
+  frame_begin(&b, &pk);
+  msg_ps_res_pack(&pk, m.msgid, l.procs, l.n, ps_has_next, ps_next);
+  frame_check(&b, &v);
+  rmem_proc_list_free(&l);
+  vec_done(&v, &up);
+}
+
+static void cache_request_check(const char *file, uint32_t msgid, const msg_cache_req *want) {
+  vec v = vec_load(file);
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, msgid, "cache");
+  msg_cache_req req;
+  codec_err err;
+  assert_int_equal(msg_cache_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.flush, want->flush);
+  assert_int_equal(req.pid, want->pid);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_cache_req_pack(&pk, m.msgid, &req);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+static void test_cache_request(void **state) {
+  cache_request_check("cache.request.hex", ID_CACHE, &cache_req);
+}
+
+static void test_cache_request_flush(void **state) {
+  cache_request_check("cache.request.flush.hex", ID_CACHE_FLUSH, &cache_req_flush);
+}
+
+static void test_cache_response(void **state) {
+  vec v = vec_load("cache.response.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_CACHE_FLUSH, NULL);
+  rmem_cache_info info;
+  codec_err err;
+  assert_int_equal(msg_cache_res_parse(m.result, &info, &err), 0);
+  assert_memory_equal(&info, &cache_info, sizeof(info));
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_cache_res_pack(&pk, m.msgid, &info);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+/* The slow-link methods: readv, deref, read_string, fill. */
+
+enum {
+  ID_READV = 400,
+  ID_DEREF = 401,
+  ID_DEREF_BROKEN = 402,
+  ID_STRING = 403,
+  ID_STRING_DEFAULT = 404,
+  ID_FILL = 405,
+};
+
+static const msg_span readv_ranges[] = {{0x555555579ff8, 16}, {0x7ffff7800000, 4}};
+static const unsigned char readv_data1[4] = {0xde, 0xad, 0xbe, 0xef};
+static const int64_t deref_offsets[] = {0x10, -8, 0x1000, -200};
+static const uint64_t deref_pointers[] = {0x7ffff7a01000, 0x555555559000, 0x7ffff7b00000,
+                                          0x7ffff7c01000};
+static const unsigned char deref_data[8] = {0x2a, 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+static const unsigned char fill_pattern[3] = {0x90, 0x90, 0xcc};
+static const rmem_range fill_failed[] = {{0x7ffff7810000, 0x10000, RMEM_EUNMAPPED}};
+
+static void test_readv_request(void **state) {
+  vec v = vec_load("readv.request.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, ID_READV, "readv");
+  msg_readv_req req;
+  codec_err err;
+  assert_int_equal(msg_readv_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.pid, 4242);
+  assert_int_equal(req.n, COUNT(readv_ranges));
+  for (size_t i = 0; i < req.n; i++) {
+    assert_int_equal(req.ranges[i].addr, readv_ranges[i].addr);
+    assert_int_equal(req.ranges[i].len, readv_ranges[i].len);
+  }
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_readv_req_pack(&pk, m.msgid, req.pid, req.ranges, req.n);
+  frame_check(&b, &v);
+  msg_readv_req_free(&req);
+  msg_readv_req_free(&req); /* Safe twice. */
+  vec_done(&v, &up);
+}
+
+static void test_readv_response(void **state) {
+  vec v = vec_load("readv.response.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_READV, NULL);
+  msg_readv_entry e[3];
+  size_t n = 0;
+  rmem_ranges holes = {0};
+  codec_err err;
+  assert_int_equal(msg_readv_res_parse(m.result, e, 3, &n, &holes, &err), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(e[0].len, sizeof(read_data));
+  assert_memory_equal(e[0].data, read_data, e[0].len);
+  assert_int_equal(e[0].nholes, 1);
+  assert_ptr_equal(e[0].holes, holes.v);
+  ranges_check(&holes, read_holes, COUNT(read_holes));
+  assert_int_equal(e[1].len, sizeof(readv_data1));
+  assert_memory_equal(e[1].data, readv_data1, e[1].len);
+  assert_int_equal(e[1].nholes, 0);
+
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_readv_res_pack(&pk, m.msgid, e, n);
+  frame_check(&b, &v);
+
+  /* The agent's zero-copy path: head, then per range entry head, bytes, tail. */
+  frame_begin(&b, &pk);
+  msg_readv_res_head(&pk, m.msgid, n);
+  for (size_t i = 0; i < n; i++) {
+    msg_readv_entry_head(&pk, e[i].len);
+    assert_int_equal(codec_buf_write(&b, e[i].data, e[i].len), 0);
+    msg_readv_entry_tail(&pk, e[i].holes, e[i].nholes);
+  }
+  frame_check(&b, &v);
+
+  /* More results than ranges asked for is the agent's fault. */
+  assert_int_equal(msg_readv_res_parse(m.result, e, 1, &n, &holes, &err), RMEM_EPROTO);
+  assert_int_equal(n, 0);
+  assert_int_equal(holes.n, 1);
+  ranges_clear(&holes);
+  vec_done(&v, &up);
+}
+
+static void test_deref_request(void **state) {
+  vec v = vec_load("deref.request.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, ID_DEREF, "deref");
+  msg_deref_req req;
+  codec_err err;
+  assert_int_equal(msg_deref_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.pid, 4242);
+  assert_int_equal(req.addr, 0x555555558010);
+  assert_int_equal(req.len, 8);
+  assert_int_equal(req.n, COUNT(deref_offsets));
+  for (size_t i = 0; i < req.n; i++)
+    assert_int_equal(req.offsets[i], deref_offsets[i]);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_deref_req_pack(&pk, m.msgid, req.pid, req.addr, req.offsets, req.n, req.len);
+  frame_check(&b, &v);
+  msg_deref_req_free(&req);
+  vec_done(&v, &up);
+}
+
+static void test_deref_response(void **state) {
+  vec v = vec_load("deref.response.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_DEREF, NULL);
+  msg_deref_res r;
+  rmem_ranges holes = {0};
+  codec_err err;
+  assert_int_equal(msg_deref_res_parse(m.result, &r, &holes, &err), 0);
+  assert_false(r.broken);
+  assert_int_equal(r.npointers, COUNT(deref_pointers));
+  for (size_t i = 0; i < r.npointers; i++)
+    assert_int_equal(r.pointers[i], deref_pointers[i]);
+  assert_int_equal(r.addr, 0x7ffff7c00f38);
+  assert_int_equal(r.len, sizeof(deref_data));
+  assert_memory_equal(r.data, deref_data, r.len);
+  assert_int_equal(holes.n, 0);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_deref_res_pack(&pk, m.msgid, &r, holes.v, holes.n);
+  frame_check(&b, &v);
+  free(r.pointers);
+  vec_done(&v, &up);
+}
+
+static void test_deref_response_broken(void **state) {
+  vec v = vec_load("deref.response.broken.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_DEREF_BROKEN, NULL);
+  msg_deref_res r;
+  codec_err err;
+  assert_int_equal(msg_deref_res_parse(m.result, &r, NULL, &err), 0);
+  assert_true(r.broken);
+  assert_int_equal(r.npointers, 1);
+  assert_int_equal(r.pointers[0], deref_pointers[0]);
+  assert_int_equal(r.step, 1);
+  assert_int_equal(r.addr, 0x7ffff7a01010);
+  assert_int_equal(r.code, RMEM_EUNMAPPED);
+  assert_null(r.data);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_deref_res_pack(&pk, m.msgid, &r, NULL, 0);
+  frame_check(&b, &v);
+  free(r.pointers);
+  vec_done(&v, &up);
+}
+
+static void string_request_check(const char *file, uint32_t msgid, const msg_string_req *want) {
+  vec v = vec_load(file);
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, msgid, "read_string");
+  msg_string_req req;
+  codec_err err;
+  assert_int_equal(msg_string_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.pid, want->pid);
+  assert_int_equal(req.addr, want->addr);
+  assert_int_equal(req.max_len, want->max_len);
+  assert_int_equal(req.encoding, want->encoding);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_string_req_pack(&pk, m.msgid, &req);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+static void test_string_request(void **state) {
+  static const msg_string_req want = {
+      .pid = 4242, .addr = 0x555555556004, .max_len = 256, .encoding = MSG_ENC_UTF16};
+  string_request_check("read_string.request.hex", ID_STRING, &want);
+}
+
+static void test_string_request_default(void **state) {
+  static const msg_string_req want = {.pid = 4242, .addr = 0x555555579ffc};
+  string_request_check("read_string.request.default.hex", ID_STRING_DEFAULT, &want);
+}
+
+static void string_response_check(const char *file, uint32_t msgid, const msg_string_res *want) {
+  vec v = vec_load(file);
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, msgid, NULL);
+  msg_string_res r;
+  codec_err err;
+  assert_int_equal(msg_string_res_parse(m.result, &r, &err), 0);
+  assert_int_equal(r.text_len, want->text_len);
+  assert_memory_equal(r.text, want->text, r.text_len);
+  assert_int_equal(r.len, want->len);
+  assert_int_equal(r.terminated, want->terminated);
+  assert_int_equal(r.has_hole, want->has_hole);
+  assert_int_equal(r.hole_addr, want->hole_addr);
+  assert_int_equal(r.hole_code, want->hole_code);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_string_res_pack(&pk, m.msgid, &r);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+static void test_string_response(void **state) {
+  static const msg_string_res want = {.text = "Gr\xc3\xbc\xc3\x9f"
+                                              "e",
+                                      .text_len = 7,
+                                      .len = 10,
+                                      .terminated = 1};
+  string_response_check("read_string.response.hex", ID_STRING, &want);
+}
+
+static void test_string_response_hole(void **state) {
+  static const msg_string_res want = {.text = "xxxx",
+                                      .text_len = 4,
+                                      .len = 4,
+                                      .has_hole = 1,
+                                      .hole_addr = 0x55555557a000,
+                                      .hole_code = RMEM_EPROT};
+  string_response_check("read_string.response.hole.hex", ID_STRING_DEFAULT, &want);
+}
+
+static void test_fill_request(void **state) {
+  vec v = vec_load("fill.request.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, ID_FILL, "fill");
+  msg_fill_req req;
+  codec_err err;
+  assert_int_equal(msg_fill_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.pid, 4242);
+  assert_int_equal(req.addr, 0x7ffff7800000);
+  assert_int_equal(req.len, 0x20000);
+  assert_int_equal(req.plen, sizeof(fill_pattern));
+  assert_memory_equal(req.pattern, fill_pattern, req.plen);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_fill_req_pack(&pk, m.msgid, &req);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+static void test_fill_response(void **state) {
+  vec v = vec_load("fill.response.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_FILL, NULL);
+  uint64_t written;
+  rmem_ranges failed = {0};
+  codec_err err;
+  assert_int_equal(msg_write_res_parse(m.result, &written, &failed, &err), 0);
+  assert_int_equal(written, 0x10000);
+  ranges_check(&failed, fill_failed, COUNT(fill_failed));
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_write_res_pack(&pk, m.msgid, written, failed.v, failed.n);
+  frame_check(&b, &v);
+  ranges_clear(&failed);
+  vec_done(&v, &up);
+}
+
 /* Every file in proto/vectors/ has a test above. */
 static const char *const vector_files[] = {
-    "hello.request.hex",  "hello.response.hex",   "ps.request.hex",    "ps.response.hex",
-    "map.request.hex",    "map.request.next.hex", "map.response.hex",  "map.response.next.hex",
-    "read.request.hex",   "read.response.hex",    "write.request.hex", "write.response.hex",
-    "error.response.hex", "error.nomsgid.hex",    "error.fault.hex",
+    "hello.request.hex",
+    "hello.response.hex",
+    "hello.request.token.hex",
+    "ps.request.hex",
+    "ps.request.next.hex",
+    "ps.response.next.hex",
+    "ps.response.hex",
+    "map.request.hex",
+    "map.request.next.hex",
+    "map.response.hex",
+    "map.response.next.hex",
+    "read.request.hex",
+    "read.response.hex",
+    "write.request.hex",
+    "write.response.hex",
+    "error.response.hex",
+    "error.nomsgid.hex",
+    "error.fault.hex",
+    "read.request.cache.hex",
+    "cache.request.hex",
+    "cache.request.flush.hex",
+    "cache.response.hex",
+    "readv.request.hex",
+    "readv.response.hex",
+    "deref.request.hex",
+    "deref.response.hex",
+    "deref.response.broken.hex",
+    "read_string.request.hex",
+    "read_string.request.default.hex",
+    "read_string.response.hex",
+    "read_string.response.hole.hex",
+    "fill.request.hex",
+    "fill.response.hex",
 };
 
 static void test_all_vectors_tested(void **state) {
@@ -888,21 +1379,25 @@ static void test_ps_reply_errors(void **state) {
   fx_load(&fx, "ps.response.hex");
   msgpack_object *procs = field_of(fx_body(&fx), "procs");
   set_int(field_of(&procs->via.array.ptr[2], "name"), 7);
-  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &ps_has_next, &ps_next, &fx.err),
+                   RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'name'");
-  assert_null(l.procs);
   assert_int_equal(l.n, 0);
+  rmem_proc_list_free(&l);
   fx_done(&fx);
 
   /* A bad argument after good ones. */
   fx_load(&fx, "ps.response.hex");
   procs = field_of(fx_body(&fx), "procs");
   set_int(&field_of(&procs->via.array.ptr[2], "cmdline")->via.array.ptr[2], 2);
-  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &ps_has_next, &ps_next, &fx.err),
+                   RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'cmdline'");
   assert_int_equal(l.n, 0);
   set_int(&procs->via.array.ptr[1], 2);
-  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_ps_res_parse(fx_body(&fx), &l, &ps_has_next, &ps_next, &fx.err),
+                   RMEM_EPROTO);
+  rmem_proc_list_free(&l);
   fx_done(&fx);
 }
 
@@ -973,19 +1468,22 @@ static void test_rw_reply_errors(void **state) {
   fx_load(&fx, "read.response.hex");
   msgpack_object *hole = &field_of(fx_body(&fx), "holes")->via.array.ptr[0];
   set_int(field_of(hole, "code"), 15);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
   assert_int_equal(holes.n, 1);
   set_int(field_of(hole, "code"), 1ll << 40);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'code'");
   set_int(field_of(hole, "code"), RMEM_EPROT);
   /* Holes may be dropped by passing NULL. */
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &fx.err), 0);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &fx.err), 0);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, NULL, &fx.err), 0);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err), 0);
   assert_int_equal(holes.n, 2);
   assert_int_equal(holes.v[1].code, RMEM_EPROT);
   set_str(field_of(fx_body(&fx), "data"), "text");
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &fx.err), RMEM_EPROTO);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'data'");
   fx_done(&fx);
 
@@ -1001,6 +1499,76 @@ static void test_rw_reply_errors(void **state) {
   assert_int_equal(holes.n, 2);
   fx_done(&fx);
   ranges_clear(&holes);
+}
+
+static void test_cache_errors(void **state) {
+  fixture fx;
+  msg_cache_req req;
+  fx_load(&fx, "cache.request.flush.hex");
+  set_str(field_of(fx_body(&fx), "pid"), "4242");
+  assert_int_equal(msg_cache_req_parse(fx_body(&fx), &req, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'pid'");
+  set_int(field_of(fx_body(&fx), "pid"), 0);
+  assert_int_equal(msg_cache_req_parse(fx_body(&fx), &req, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'pid' must not be 0");
+  set_int(field_of(fx_body(&fx), "pid"), 7);
+  set_int(field_of(fx_body(&fx), "flush"), 1);
+  assert_int_equal(msg_cache_req_parse(fx_body(&fx), &req, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'flush' must be a boolean");
+  field_of(fx_body(&fx), "flush")->type = MSGPACK_OBJECT_BOOLEAN;
+  field_of(fx_body(&fx), "flush")->via.boolean = false;
+  assert_int_equal(msg_cache_req_parse(fx_body(&fx), &req, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'pid' applies only with 'flush'");
+  /* Optional fields may be nil. */
+  field_of(fx_body(&fx), "pid")->type = MSGPACK_OBJECT_NIL;
+  field_of(fx_body(&fx), "flush")->type = MSGPACK_OBJECT_NIL;
+  assert_int_equal(msg_cache_req_parse(fx_body(&fx), &req, &fx.err), 0);
+  assert_false(req.flush);
+  assert_int_equal(req.pid, 0);
+  fx_done(&fx);
+
+  msg_read_req rd;
+  fx_load(&fx, "read.request.cache.hex");
+  set_int(field_of(fx_body(&fx), "max_age_ms"), -1);
+  assert_int_equal(msg_read_req_parse(fx_body(&fx), &rd, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'max_age_ms' must not be negative");
+  set_int(field_of(fx_body(&fx), "max_age_ms"), 5);
+  set_int(field_of(fx_body(&fx), "uncached"), 1);
+  assert_int_equal(msg_read_req_parse(fx_body(&fx), &rd, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'uncached' must be a boolean");
+  fx_done(&fx);
+
+  /* A bad `cached` is the agent's fault; holes are then left as they were. */
+  const char *data;
+  size_t len;
+  uint64_t cached = 99;
+  rmem_ranges holes = {0};
+  fx_load(&fx, "read.response.hex");
+  set_int(field_of(fx_body(&fx), "cached"), -8);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &cached, &fx.err),
+                   RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'cached'");
+  assert_int_equal(holes.n, 0);
+  assert_int_equal(cached, 99);
+  /* Agents before the cache leave it out. */
+  drop_key(fx_body(&fx), "cached");
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &cached, &fx.err), 0);
+  assert_int_equal(cached, 0);
+  assert_int_equal(holes.n, 1);
+  fx_done(&fx);
+  ranges_clear(&holes);
+
+  rmem_cache_info info;
+  fx_load(&fx, "cache.response.hex");
+  assert_int_equal(msg_cache_res_parse(NULL, &info, &fx.err), RMEM_EPROTO);
+  set_str(field_of(fx_body(&fx), "hits"), "many");
+  assert_int_equal(msg_cache_res_parse(fx_body(&fx), &info, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'hits'");
+  drop_key(fx_body(&fx), "evictions");
+  set_int(field_of(fx_body(&fx), "hits"), 1);
+  assert_int_equal(msg_cache_res_parse(fx_body(&fx), &info, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'evictions'");
+  fx_done(&fx);
 }
 
 static void test_error_object(void **state) {
@@ -1060,20 +1628,153 @@ static void test_names(void **state) {
   assert_null(msg_usage_name(RMEM_USAGE_MODULE + 1));
 }
 
+/* Parse errors of the slow-link messages, by breaking decoded vectors. */
+static void test_slow_errors(void **state) {
+  fixture fx;
+  msg_readv_req rv;
+  fx_load(&fx, "readv.request.hex");
+  msgpack_object *ranges = field_of(fx_body(&fx), "ranges");
+  set_int(field_of(&ranges->via.array.ptr[1], "len"), -1);
+  assert_int_equal(msg_readv_req_parse(fx_body(&fx), &rv, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'len'");
+  assert_null(rv.ranges);
+  set_int(&ranges->via.array.ptr[1], 7);
+  assert_int_equal(msg_readv_req_parse(fx_body(&fx), &rv, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'ranges'");
+  ranges->via.array.size = RMEM_READV_MAX_RANGES + 1; /* Checked before the elements. */
+  assert_int_equal(msg_readv_req_parse(fx_body(&fx), &rv, &fx.err), RMEM_ETOOBIG);
+  drop_key(fx_body(&fx), "ranges");
+  assert_int_equal(msg_readv_req_parse(fx_body(&fx), &rv, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'ranges'");
+  fx_done(&fx);
+
+  msg_deref_req dr;
+  fx_load(&fx, "deref.request.hex");
+  msgpack_object *offsets = field_of(fx_body(&fx), "offsets");
+  set_str(&offsets->via.array.ptr[2], "16");
+  assert_int_equal(msg_deref_req_parse(fx_body(&fx), &dr, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'offsets'");
+  assert_null(dr.offsets);
+  offsets->via.array.ptr[2].type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+  offsets->via.array.ptr[2].via.u64 = (uint64_t)INT64_MAX + 1;
+  assert_int_equal(msg_deref_req_parse(fx_body(&fx), &dr, &fx.err), RMEM_EPARAM);
+  set_int(&offsets->via.array.ptr[2], INT64_MIN);
+  assert_int_equal(msg_deref_req_parse(fx_body(&fx), &dr, &fx.err), 0);
+  assert_int_equal(dr.offsets[2], INT64_MIN);
+  msg_deref_req_free(&dr);
+  set_int(field_of(fx_body(&fx), "pid"), 0);
+  assert_int_equal(msg_deref_req_parse(fx_body(&fx), &dr, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'pid'");
+  fx_done(&fx);
+
+  msg_string_req sr;
+  fx_load(&fx, "read_string.request.hex");
+  set_str(field_of(fx_body(&fx), "encoding"), "latin1");
+  assert_int_equal(msg_string_req_parse(fx_body(&fx), &sr, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'encoding'");
+  set_str(field_of(fx_body(&fx), "encoding"), "utf8");
+  set_int(field_of(fx_body(&fx), "max_len"), 0);
+  assert_int_equal(msg_string_req_parse(fx_body(&fx), &sr, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'max_len'");
+  fx_done(&fx);
+
+  msg_fill_req fr;
+  fx_load(&fx, "fill.request.hex");
+  set_str(field_of(fx_body(&fx), "pattern"), "90");
+  assert_int_equal(msg_fill_req_parse(fx_body(&fx), &fr, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'pattern'");
+  fx_done(&fx);
+
+  /* Replies. */
+  msg_readv_entry e[2];
+  size_t n;
+  rmem_ranges holes = {0};
+  fx_load(&fx, "readv.response.hex");
+  msgpack_object *results = field_of(fx_body(&fx), "results");
+  msgpack_object *hole = &field_of(&results->via.array.ptr[0], "holes")->via.array.ptr[0];
+  set_int(field_of(hole, "code"), 15);
+  assert_int_equal(msg_readv_res_parse(fx_body(&fx), e, 2, &n, &holes, &fx.err), RMEM_EPROTO);
+  assert_int_equal(holes.n, 0);
+  set_int(field_of(hole, "code"), RMEM_EIO);
+  set_str(field_of(&results->via.array.ptr[1], "data"), "text");
+  assert_int_equal(msg_readv_res_parse(fx_body(&fx), e, 2, &n, &holes, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'data'");
+  assert_int_equal(holes.n, 0);
+  ranges_clear(&holes);
+  fx_done(&fx);
+
+  msg_deref_res dres;
+  fx_load(&fx, "deref.response.broken.hex");
+  msgpack_object *broken = field_of(fx_body(&fx), "broken");
+  set_int(field_of(broken, "code"), 15);
+  assert_int_equal(msg_deref_res_parse(fx_body(&fx), &dres, NULL, &fx.err), RMEM_EPROTO);
+  set_int(field_of(broken, "code"), RMEM_EPROT);
+  set_int(&field_of(fx_body(&fx), "pointers")->via.array.ptr[0], -1);
+  assert_int_equal(msg_deref_res_parse(fx_body(&fx), &dres, NULL, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'pointers'");
+  fx_done(&fx);
+  fx_load(&fx, "deref.response.hex");
+  drop_key(fx_body(&fx), "data");
+  assert_int_equal(msg_deref_res_parse(fx_body(&fx), &dres, NULL, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'data'");
+  fx_done(&fx);
+
+  msg_string_res str;
+  fx_load(&fx, "read_string.response.hole.hex");
+  set_int(field_of(field_of(fx_body(&fx), "hole"), "code"), 16);
+  assert_int_equal(msg_string_res_parse(fx_body(&fx), &str, &fx.err), RMEM_EPROTO);
+  set_int(field_of(fx_body(&fx), "text"), 5);
+  assert_int_equal(msg_string_res_parse(fx_body(&fx), &str, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'text'");
+  fx_done(&fx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hello_request),   cmocka_unit_test(test_hello_response),
-      cmocka_unit_test(test_ps_request),      cmocka_unit_test(test_ps_response),
-      cmocka_unit_test(test_map_request),     cmocka_unit_test(test_map_request_next),
-      cmocka_unit_test(test_map_response),    cmocka_unit_test(test_map_response_next),
-      cmocka_unit_test(test_read_request),    cmocka_unit_test(test_read_response),
-      cmocka_unit_test(test_write_request),   cmocka_unit_test(test_write_response),
-      cmocka_unit_test(test_error_response),  cmocka_unit_test(test_error_nomsgid),
-      cmocka_unit_test(test_error_fault),     cmocka_unit_test(test_all_vectors_tested),
-      cmocka_unit_test(test_request_errors),  cmocka_unit_test(test_hello_reply_errors),
-      cmocka_unit_test(test_ps_reply_errors), cmocka_unit_test(test_map_reply_errors),
-      cmocka_unit_test(test_rw_reply_errors), cmocka_unit_test(test_error_object),
-      cmocka_unit_test(test_ranges_push),     cmocka_unit_test(test_names),
+      cmocka_unit_test(test_hello_request),
+      cmocka_unit_test(test_hello_response),
+      cmocka_unit_test(test_hello_request_token),
+      cmocka_unit_test(test_hello_token_limits),
+      cmocka_unit_test(test_ps_request),
+      cmocka_unit_test(test_ps_response),
+      cmocka_unit_test(test_ps_next),
+      cmocka_unit_test(test_map_request),
+      cmocka_unit_test(test_map_request_next),
+      cmocka_unit_test(test_map_response),
+      cmocka_unit_test(test_map_response_next),
+      cmocka_unit_test(test_read_request),
+      cmocka_unit_test(test_read_request_cache),
+      cmocka_unit_test(test_read_response),
+      cmocka_unit_test(test_cache_request),
+      cmocka_unit_test(test_cache_request_flush),
+      cmocka_unit_test(test_cache_response),
+      cmocka_unit_test(test_cache_errors),
+      cmocka_unit_test(test_write_request),
+      cmocka_unit_test(test_write_response),
+      cmocka_unit_test(test_error_response),
+      cmocka_unit_test(test_error_nomsgid),
+      cmocka_unit_test(test_error_fault),
+      cmocka_unit_test(test_all_vectors_tested),
+      cmocka_unit_test(test_request_errors),
+      cmocka_unit_test(test_hello_reply_errors),
+      cmocka_unit_test(test_ps_reply_errors),
+      cmocka_unit_test(test_map_reply_errors),
+      cmocka_unit_test(test_rw_reply_errors),
+      cmocka_unit_test(test_error_object),
+      cmocka_unit_test(test_ranges_push),
+      cmocka_unit_test(test_names),
+      cmocka_unit_test(test_readv_request),
+      cmocka_unit_test(test_readv_response),
+      cmocka_unit_test(test_deref_request),
+      cmocka_unit_test(test_deref_response),
+      cmocka_unit_test(test_deref_response_broken),
+      cmocka_unit_test(test_string_request),
+      cmocka_unit_test(test_string_request_default),
+      cmocka_unit_test(test_string_response),
+      cmocka_unit_test(test_string_response_hole),
+      cmocka_unit_test(test_fill_request),
+      cmocka_unit_test(test_fill_response),
+      cmocka_unit_test(test_slow_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
