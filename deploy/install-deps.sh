@@ -3,7 +3,7 @@
 # Idempotent: quiet and quick when everything is already installed.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config libuv1-dev libmsgpack-dev libmbedtls-dev libcmocka-dev
+pkgs=(build-essential cmake pkg-config libuv1-dev libmsgpack-dev libmbedtls-dev libcmocka-dev liblz4-dev
       python3 openssl)
 missing=()
 for p in "${pkgs[@]}"; do
