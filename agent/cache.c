@@ -383,16 +383,23 @@ static void maps_load(cache__proc *p) {
    * served until one can. */
   pthread_mutex_lock(&mu);
   size_t j = 0;
+  int changed = n != p->nvmas;
   for (size_t i = 0; i < n; i++) {
     if (nv[i].kind != KIND_FILE)
       continue;
     while (j < p->nvmas && p->vmas[j].start < nv[i].start)
       j++;
-    if (j < p->nvmas && p->vmas[j].kind == KIND_FILE && same_mapping(&p->vmas[j], &nv[i]))
+    if (j < p->nvmas && p->vmas[j].kind == KIND_FILE && same_mapping(&p->vmas[j], &nv[i])) {
       nv[i].epoch = p->vmas[j].epoch;
-    else
+    } else {
       nv[i].epoch = ++C.epoch;
+      changed = 1;
+    }
   }
+  /* Reads that began under the old snapshot may hold bytes of a mapping
+   * that is gone: they must not store them under the new epochs. */
+  if (changed)
+    p->seq++;
   cache__vma *old = p->vmas;
   p->vmas = nv;
   p->nvmas = n;
@@ -412,11 +419,14 @@ void cache_read_begin(cache_read *r, uint32_t pid, uint64_t max_age_ms, int unca
   if (p == NULL)
     return; /* The read itself will say what is wrong with the pid. */
   pthread_mutex_lock(&mu);
-  r->seq = p->seq;
   int due = maps_due(p, r->now);
   pthread_mutex_unlock(&mu);
   if (due)
     maps_load(p);
+  /* Taken after our own reload, so only a later change refuses our store. */
+  pthread_mutex_lock(&mu);
+  r->seq = p->seq;
+  pthread_mutex_unlock(&mu);
   r->proc = p;
 }
 
@@ -573,20 +583,20 @@ void cache_invalidate(uint32_t pid, uint64_t addr, uint64_t len) {
   shared_files files = {.n = 0};
   pthread_mutex_lock(&mu);
   cache__proc *p = proc_find(pid);
-  int known = 0;
   if (p) {
     proc_invalidate(p, first, last);
-    known = p->nvmas > 0;
     for (size_t i = 0; i < p->nvmas; i++) {
       const cache__vma *v = &p->vmas[i];
       shared_add(&files, v->dev, v->inode, v->shared, v->start, v->end, addr, last_byte);
     }
   }
-  int others = C.nprocs > (p != NULL);
+  int tracked = C.nprocs > 0;
   pthread_mutex_unlock(&mu);
-  if (!known && others) {
-    /* A pid the cache does not track: maybe a thread of one it does, or a
-     * process sharing a file with one. */
+  if (tracked) {
+    /* The writer's map as it is now, not as last snapshotted: a shared
+     * mapping made since then may carry this write to files that others
+     * have cached. Also covers a pid the cache does not track (a thread of
+     * one it does, or a process sharing a file with one). */
     target_vmas m;
     codec_err err;
     if (target_vmas_load(pid, 0, &m, &err) == 0) {
@@ -597,7 +607,7 @@ void cache_invalidate(uint32_t pid, uint64_t addr, uint64_t len) {
       }
       target_vmas_free(&m);
     }
-    uint32_t tgid = target_tgid(pid);
+    uint32_t tgid = p ? pid : target_tgid(pid);
     if (tgid != 0 && tgid != pid) {
       pthread_mutex_lock(&mu);
       cache__proc *q = proc_find(tgid);

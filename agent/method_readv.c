@@ -52,6 +52,9 @@ static void readv_run(dispatch_job *j) {
     return;
   }
   rmem_ranges holes = {0};
+  /* Parsed once for the whole request, at the first hole: 4096 ranges over
+   * a 20,000-region map must not parse it 4096 times. */
+  target_vmas maps = {0};
   for (size_t i = 0; i < r->req.n; i++) {
     const msg_span *s = &r->req.ranges[i];
     size_t len = (size_t)s->len;
@@ -61,7 +64,8 @@ static void readv_run(dispatch_job *j) {
       break;
     }
     holes.n = 0;
-    ssize_t n = target_read(r->req.pid, s->addr, j->out.data + j->out.len, len, &holes, &j->err);
+    ssize_t n = target_read_with(r->req.pid, s->addr, j->out.data + j->out.len, len, &holes, &maps,
+                                 &j->err);
     /* Nothing readable in one range is that range's answer, not the request's. */
     if (n == RMEM_EFAULT)
       j->err.code = 0;
@@ -70,6 +74,7 @@ static void readv_run(dispatch_job *j) {
     j->out.len += len;
     msg_readv_entry_tail(&pk, holes.v, holes.n);
   }
+  target_vmas_free(&maps);
   rmem_ranges_free(&holes);
 }
 

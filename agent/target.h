@@ -50,6 +50,11 @@ int target_ps(rmem_proc_list *out, codec_err *err);
  * (RMEM_EFAULT when nothing was readable). */
 ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
                     codec_err *err);
+/* target_read for requests that read many ranges: `maps` keeps the parsed
+ * /proc/PID/maps between calls, loaded at the first hole only. Zero it
+ * before the first call and free it with target_vmas_free after the last. */
+ssize_t target_read_with(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
+                         target_vmas *maps, codec_err *err);
 
 /* Writes target memory through the debugger path for read-only pages; pages
  * with no access at all are not written. Failed ranges go to `failed`. */

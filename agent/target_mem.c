@@ -69,10 +69,8 @@ static int nothing_done(const rmem_ranges *r, size_t first, uint32_t pid, uint64
                     (unsigned long long)addr, (unsigned long long)len, reason(code));
 }
 
-ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
-                    codec_err *err) {
-  target_vmas m = {0};
-  int have_maps = 0;
+ssize_t target_read_with(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
+                         target_vmas *maps, codec_err *err) {
   size_t first_hole = holes->n;
   uint64_t done = 0, got = 0;
   ssize_t rc = 0;
@@ -94,15 +92,14 @@ ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ran
       continue;
     }
     /* Stopped at addr + done: find out how far the hole goes and why. */
-    if (!have_maps) {
-      rc = target_vmas_load(pid, 0, &m, err);
+    if (maps->text == NULL) {
+      rc = target_vmas_load(pid, 0, maps, err);
       if (rc < 0)
         goto exit;
-      have_maps = 1;
     }
     uint64_t at = addr + done, hole;
     int code;
-    classify(&m, at, len - done, RMEM_PROT_R, &hole, &code);
+    classify(maps, at, len - done, RMEM_PROT_R, &hole, &code);
     memset((char *)buf + done, 0, hole);
     if (push_hole(holes, at, hole, code) != 0) {
       rc = codec_fail(err, RMEM_ENOMEM, "read: out of memory");
@@ -114,7 +111,14 @@ ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ran
   if (got == 0 && len > 0)
     rc = nothing_done(holes, first_hole, pid, addr, len, "read", err);
 exit:
-  target_vmas_free(&m);
+  return rc;
+}
+
+ssize_t target_read(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
+                    codec_err *err) {
+  target_vmas maps = {0};
+  ssize_t rc = target_read_with(pid, addr, buf, len, holes, &maps, err);
+  target_vmas_free(&maps);
   return rc;
 }
 
