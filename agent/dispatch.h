@@ -17,6 +17,7 @@ typedef struct {
   uint64_t max_write;
   uint32_t max_inflight;
   uint64_t max_output; /* Unsent reply bytes per connection before backpressure. */
+  int no_compress;     /* rmemd --no-compress: decline compression in hello. */
 } dispatch_limits;
 
 /* The per-connection state the dispatcher keeps. Owned by the connection. */
@@ -30,6 +31,7 @@ typedef struct {
   int loopback;            /* The peer's address is a loopback one. */
   int authenticated;       /* By token or client certificate, or nothing is required. */
   int auth_event;          /* Set by hello: 1 a token was accepted, -1 one was rejected. */
+  int lz4;                 /* Set by hello: read data may go out lz4-compressed. */
 } dispatch_session;
 
 typedef struct dispatch_job dispatch_job;

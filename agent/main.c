@@ -44,6 +44,8 @@ static void usage(FILE *f) {
           "  --insecure-listen-any\n"
           "                       allow a non-loopback address without TLS (the traffic\n"
           "                       and the target's memory are then open to the network)\n"
+          "  --no-compress        decline clients' offers to compress read data (lz4);\n"
+          "                       compression costs CPU here and pays on slow links\n"
           "  --version            print the version and exit\n"
           "  --help               print this help and exit\n"
           "\n"
@@ -124,7 +126,7 @@ int main(int argc, char **argv) {
   uint64_t max_output = 64u << 20, max_conns = 1024, threads = 4, hello_timeout = 10000;
   uint64_t cache_size = CACHE_DEFAULT_SIZE;
   const char *tls_cert = NULL, *tls_key = NULL, *tls_client_ca = NULL, *token_file = NULL;
-  int insecure = 0;
+  int insecure = 0, no_compress = 0;
   enum {
     O_LISTEN = 256,
     O_PORT,
@@ -143,6 +145,7 @@ int main(int argc, char **argv) {
     O_TLS_CLIENT_CA,
     O_TOKEN_FILE,
     O_INSECURE,
+    O_NO_COMPRESS,
     O_VERSION,
     O_HELP
   };
@@ -164,6 +167,7 @@ int main(int argc, char **argv) {
       {"tls-client-ca", required_argument, 0, O_TLS_CLIENT_CA},
       {"token-file", required_argument, 0, O_TOKEN_FILE},
       {"insecure-listen-any", no_argument, 0, O_INSECURE},
+      {"no-compress", no_argument, 0, O_NO_COMPRESS},
       {"version", no_argument, 0, O_VERSION},
       {"help", no_argument, 0, O_HELP},
       {0, 0, 0, 0},
@@ -222,6 +226,9 @@ int main(int argc, char **argv) {
       break;
     case O_INSECURE:
       insecure = 1;
+      break;
+    case O_NO_COMPRESS:
+      no_compress = 1;
       break;
     case O_VERSION:
       printf("rmemd %s\n", RMEM_VERSION);
@@ -298,6 +305,7 @@ int main(int argc, char **argv) {
   srv.limits.max_write = max_frame - 4096;
   srv.limits.max_inflight = (uint32_t)max_inflight;
   srv.limits.max_output = max_output;
+  srv.limits.no_compress = no_compress;
   srv.max_conns = max_conns;
   srv.hello_timeout_ms = hello_timeout;
   /* Before the first worker thread starts. */

@@ -1,5 +1,6 @@
 /* hello: version check, authentication by token, and the agent's
  * description of itself. */
+#include "compress.h"
 #include "methods.h"
 #include "msg.h"
 #include "rmem_error.h"
@@ -68,6 +69,10 @@ static void hello_run(dispatch_job *j) {
   info.max_inflight = j->limits->max_inflight;
   info.tls = j->session->tls;
   snprintf(info.auth, sizeof(info.auth), "%s", auth_required(j->session->auth));
+  /* Every hello decides anew; reads take the choice in force when they arrive. */
+  j->session->lz4 = (h->req.compress & MSG_COMPRESS_LZ4) && !j->limits->no_compress;
+  if (j->session->lz4)
+    snprintf(info.compress, sizeof(info.compress), "%s", COMPRESS_LZ4_NAME);
   for (size_t i = 0; i < dispatch_nmethods && i < sizeof(info.methods) / sizeof(info.methods[0]);
        i++)
     snprintf(info.methods[info.nmethods++], sizeof(info.methods[0]), "%s",

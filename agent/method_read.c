@@ -1,8 +1,12 @@
 /* read: target memory straight into the reply frame, with the holes. Short
  * reads go through the page cache (cache.h): page by page, a usable cached
  * copy is taken, runs of the other pages are read from the target, and the
- * whole pages read cleanly are offered back to the cache. */
+ * whole pages read cleanly are offered back to the cache.
+ *
+ * On a connection that agreed on lz4 in hello, data that compresses well
+ * replaces the raw bytes with an lz4 block, here in the worker thread. */
 #include "cache.h"
+#include "compress.h"
 #include "methods.h"
 #include "msg.h"
 #include "rmem_error.h"
@@ -17,6 +21,7 @@
 
 typedef struct {
   msg_read_req req;
+  int lz4; /* The connection's choice when the request arrived. */
 } read_job;
 
 static int read_parse(dispatch_job *j, const msgpack_object *params) {
@@ -33,6 +38,7 @@ static int read_parse(dispatch_job *j, const msgpack_object *params) {
     return dispatch_fail(j, RMEM_EPARAM, "addr 0x%llx + len 0x%llx wraps around",
                          (unsigned long long)r->req.addr, (unsigned long long)r->req.len);
   j->cost = r->req.len;
+  r->lz4 = j->session && j->session->lz4; /* In-process tests parse without one. */
   return 0;
 }
 
@@ -199,6 +205,27 @@ static ssize_t read_cached(const msg_read_req *q, char *dst, rmem_ranges *holes,
   return (ssize_t)rd.got;
 }
 
+/* The reply in j->out holds a raw result up to its `len` data bytes at
+ * `data_at`. When they compress well, rebuilds it as a compressed result
+ * (head and block; the caller packs the tail either way). Anything going
+ * wrong here just leaves the raw reply. */
+static void read_compress(dispatch_job *j, size_t data_at, size_t len) {
+  size_t cap = compress_lz4_bound(len);
+  char *block = cap ? malloc(cap) : NULL;
+  if (block == NULL)
+    return;
+  size_t n = compress_lz4(j->out.data + data_at, len, block, cap);
+  if (n > 0) {
+    /* The raw bytes are no longer needed, and the buffer has room for the block. */
+    msgpack_packer pk;
+    j->out.len = 0;
+    codec_frame_begin(&j->out, &pk);
+    msg_read_res_lz4_head(&pk, j->msgid, len, n);
+    codec_buf_write(&j->out, block, n);
+  }
+  free(block);
+}
+
 static void read_run_job(dispatch_job *j) {
   read_job *r = j->priv;
   size_t len = (size_t)r->req.len;
@@ -218,6 +245,8 @@ static void read_run_job(dispatch_job *j) {
                   : target_read(r->req.pid, r->req.addr, dst, len, &holes, &j->err);
   if (n >= 0) {
     j->out.len += len;
+    if (r->lz4 && len >= COMPRESS_MIN)
+      read_compress(j, (size_t)(dst - j->out.data), len);
     msg_read_res_tail(&pk, holes.v, holes.n, cached);
   } else if (n == RMEM_EFAULT) {
     /* Nothing readable: the error carries the holes, so every byte has a reason. */

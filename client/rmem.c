@@ -10,6 +10,9 @@
  * like the reply to a pending read, its bin bytes are received straight into
  * the caller's buffer and only the rest of the frame is kept (rx_prefix).
  * Otherwise it is copied once, from the frame into the caller's buffer.
+ * Compressed data (lz4, when hello agreed on it) always takes that second
+ * path: the frame is received whole and decompressed into the caller's
+ * buffer, checked as untrusted input.
  *
  * Timeouts are inactivity timeouts: a call fails with RMEM_ETIMEDOUT when the
  * connection makes no progress for `timeout_ms`, so long bulk transfers are
@@ -22,6 +25,7 @@
 #include "rmem.h"
 
 #include "codec.h"
+#include "compress.h"
 #include "msg.h"
 #include "rmem_error.h"
 
@@ -113,6 +117,7 @@ struct rmem_client {
   rmem__tls *tls; /* NULL for plaintext. */
   int timeout_ms; /* -1: wait forever. */
   int broken;     /* 0, or the code that made the connection unusable. */
+  int lz4;        /* hello agreed that read data may come lz4-compressed. */
   uint32_t next_id;
   uint64_t max_frame;
   size_t window;
@@ -1208,8 +1213,8 @@ static int connect_one(rmem_client *c, const struct addrinfo *ai, long long dead
   return fd;
 }
 
-/* Says hello, with the token when there is one. */
-static int hello(rmem_client *c, const char *token) {
+/* Says hello, with the token when there is one, offering lz4 when asked to. */
+static int hello(rmem_client *c, const char *token, int compress) {
   msgpack_packer pk;
   size_t start;
   rmem__pend *p = begin_call(c, &pk, &start);
@@ -1222,6 +1227,8 @@ static int hello(rmem_client *c, const char *token) {
     req.token_len = strlen(token);
     memcpy(req.token, token, req.token_len);
   }
+  if (compress)
+    req.compress = MSG_COMPRESS_LZ4;
   msg_hello_req_pack(&pk, p->msgid, &req);
   mbedtls_platform_zeroize(&req, sizeof(req));
   rmem__frame *f;
@@ -1242,6 +1249,10 @@ static int hello(rmem_client *c, const char *token) {
     return fail(c, RMEM_EPROTO, "%s sent an invalid hello reply: %s", c->peer, e.msg);
   if (c->info.max_read == 0 || c->info.max_write == 0)
     return fail(c, RMEM_EPROTO, "%s announced a zero max_read or max_write", c->peer);
+  if (c->info.compress[0] && (!compress || strcmp(c->info.compress, COMPRESS_LZ4_NAME) != 0))
+    return fail(c, RMEM_EPROTO, "%s chose compression '%s', which was not offered", c->peer,
+                c->info.compress);
+  c->lz4 = c->info.compress[0] != '\0';
   /* The agent's word bounds what we accept, but never past our own ceiling:
    * a hostile agent must not make us allocate gigabytes. */
   if (c->info.max_frame > 0)
@@ -1330,7 +1341,7 @@ int rmem_connect_opts(rmem_client **out, const rmem_connect_options *opts) {
   if (rc == 0 && o->tls)
     rc = tls_start(c, o, host);
   if (rc == 0)
-    rc = hello(c, o->token);
+    rc = hello(c, o->token, o->compress);
 
 exit:
   if (res)
@@ -1510,11 +1521,12 @@ static long long ranges_check(const rmem_ranges *r, uint64_t addr, uint64_t len)
 }
 
 /* Completes a read or write from its reply. Ranges go to `ranges` (merged
- * from index `first` on); a read's bytes served from the agent's cache are
- * added to *cached (may be NULL). Returns bytes transferred or a negative
- * code. For RMEM_EFAULT, the whole request is recorded as one range too. */
+ * from index `first` on); what a read says about itself (bytes from the
+ * agent's cache, compressed bytes) is added to *info (may be NULL). Returns
+ * bytes transferred or a negative code. For RMEM_EFAULT, the whole request
+ * is recorded as one range too. */
 static ssize_t complete_io(rmem_client *c, const rmem__pend *p, rmem__frame *f, rmem_ranges *ranges,
-                           size_t first, uint64_t *cached) {
+                           size_t first, rmem_read_info *info) {
   const char *verb = p->kind == PEND_READ ? "read" : "write";
   ssize_t rc;
   c->scratch.n = 0;
@@ -1546,20 +1558,39 @@ static ssize_t complete_io(rmem_client *c, const rmem__pend *p, rmem__frame *f, 
   if (p->kind == PEND_READ) {
     const char *data = NULL;
     size_t n = 0;
-    uint64_t from_cache = 0;
-    rc = f->msg.result ? msg_read_res_parse(f->msg.result, &data, &n, &c->scratch, &from_cache, &e)
-                       : codec_fail(&e, RMEM_EPARAM, "no result");
+    uint64_t from_cache = 0, lz4_len = 0;
+    rc = f->msg.result
+             ? msg_read_res_parse(f->msg.result, &data, &n, &lz4_len, &c->scratch, &from_cache, &e)
+             : codec_fail(&e, RMEM_EPARAM, "no result");
     if (rc == 0 && from_cache > p->len)
       rc = codec_fail(&e, RMEM_EPARAM, "%llu cached bytes for a %zu-byte read",
                       (unsigned long long)from_cache, p->len);
-    if (rc == 0 && cached)
-      *cached += from_cache;
-    /* With direct placement the data is in place already and the bin is empty. */
-    size_t want = p->direct ? 0 : p->len;
-    if (rc == 0 && n != want)
-      rc = codec_fail(&e, RMEM_EPARAM, "%zu bytes of data for a %zu-byte read", n, p->len);
-    if (rc == 0 && n > 0)
-      memcpy(p->dest, data, n);
+    if (rc == 0 && lz4_len) {
+      /* Untrusted: the block must expand to exactly the bytes asked for, and
+       * lz4 never writes past them. Direct placement never takes a
+       * compressed reply, since its data is not first; an agent that puts
+       * it first anyway is caught here. */
+      if (!c->lz4 || p->direct)
+        rc = codec_fail(&e, RMEM_EPARAM, "compressed data that was not agreed on");
+      else if (lz4_len != p->len)
+        rc = codec_fail(&e, RMEM_EPARAM, "an lz4 block of %llu bytes for a %zu-byte read",
+                        (unsigned long long)lz4_len, p->len);
+      else
+        rc = compress_lz4_unpack(data, n, p->dest, p->len, &e);
+      if (rc == 0 && info) {
+        info->compressed_bytes += n;
+        info->decompressed_bytes += p->len;
+      }
+    } else if (rc == 0) {
+      /* With direct placement the data is in place already and the bin is empty. */
+      size_t want = p->direct ? 0 : p->len;
+      if (n != want)
+        rc = codec_fail(&e, RMEM_EPARAM, "%zu bytes of data for a %zu-byte read", n, p->len);
+      if (rc == 0 && n > 0)
+        memcpy(p->dest, data, n);
+    }
+    if (rc == 0 && info)
+      info->cached_bytes += from_cache;
   } else {
     rc = f->msg.result ? msg_write_res_parse(f->msg.result, &done, &c->scratch, &e)
                        : codec_fail(&e, RMEM_EPARAM, "no result");
@@ -1728,10 +1759,10 @@ ssize_t rmem_finish(rmem_client *c, uint32_t id, rmem_ranges *ranges) {
  * `window` requests in flight. Reads land in `rbuf`, writes come from `wbuf`.
  * Ranges are collected in address order since replies are consumed in the
  * order the requests were sent. Reads take `opts` (may be NULL) and add
- * their bytes served from the agent's cache to *cached (may be NULL). */
+ * what their replies say to *info (may be NULL). */
 static ssize_t transfer(rmem_client *c, int kind, uint32_t pid, uint64_t addr, void *rbuf,
                         const void *wbuf, size_t len, rmem_ranges *ranges,
-                        const rmem_read_opts *opts, uint64_t *cached) {
+                        const rmem_read_opts *opts, rmem_read_info *info) {
   const char *verb = kind == PEND_READ ? "read" : "write";
   int rc = check_usable(c);
   if (rc == 0)
@@ -1773,7 +1804,7 @@ static ssize_t transfer(rmem_client *c, int kind, uint32_t pid, uint64_t addr, v
     if (err != 0)
       break;
     done++;
-    ssize_t n = complete_io(c, &pend, f, ranges, first, cached);
+    ssize_t n = complete_io(c, &pend, f, ranges, first, info);
     if (n == RMEM_EFAULT)
       continue; /* Recorded as a range; other pieces may still succeed. */
     if (n < 0) {
@@ -1803,11 +1834,11 @@ ssize_t rmem_read(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t
 
 ssize_t rmem_read_ex(rmem_client *c, uint32_t pid, uint64_t addr, void *buf, size_t len,
                      const rmem_read_opts *opts, rmem_ranges *holes, rmem_read_info *info) {
-  uint64_t cached = 0;
-  ssize_t n = transfer(c, PEND_READ, pid, addr, buf, NULL, len, holes, opts, &cached);
-  if (info)
-    info->cached_bytes = cached;
-  return n;
+  rmem_read_info tmp;
+  if (info == NULL)
+    info = &tmp;
+  memset(info, 0, sizeof(*info));
+  return transfer(c, PEND_READ, pid, addr, buf, NULL, len, holes, opts, info);
 }
 
 ssize_t rmem_write(rmem_client *c, uint32_t pid, uint64_t addr, const void *buf, size_t len,

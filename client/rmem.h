@@ -44,6 +44,9 @@ typedef struct {
   char methods[32][24]; /**< Method names the agent serves. */
   int tls;              /**< 1 when the connection runs over TLS. */
   char auth[8];         /**< What the agent requires: "none", "token" or "mtls". */
+  char compress[8];     /**< How read data may be compressed on this connection: "lz4"
+                             when offered (rmem_connect_options.compress) and accepted,
+                             "" for never. */
 } rmem_agent_info;
 
 /** One process on the target box. */
@@ -154,6 +157,13 @@ typedef struct {
   const char *token;      /**< Shared secret sent in hello (at most RMEM_TOKEN_MAX
                                bytes), or NULL. Never sent in the clear to a
                                non-loopback address: that fails with RMEM_EPERM. */
+  int compress;           /**< 1: offer lz4 compression of read data. It pays on links
+                               slower than the agent compresses (about 1 GB/s per
+                               core on heap-like memory) when the memory compresses;
+                               the agent sends what does not compress raw, and may
+                               decline (see rmem_info()->compress). Reads of 4 KiB or
+                               more through rmem_read, rmem_read_ex, rmem_read_start
+                               and rmem_read_stream use it; rmem_readv does not. */
 } rmem_connect_options;
 
 /** Connects as `opts` says and says hello. TLS failures (handshake, a
@@ -328,8 +338,11 @@ typedef struct {
 
 /** What a read says about itself. */
 typedef struct {
-  uint64_t cached_bytes; /**< Bytes served from the agent's page cache rather than
-                              read from the target just now. */
+  uint64_t cached_bytes;       /**< Bytes served from the agent's page cache rather than
+                                    read from the target just now. */
+  uint64_t compressed_bytes;   /**< Wire bytes of the data that came lz4-compressed. */
+  uint64_t decompressed_bytes; /**< The bytes those blocks held: the rest of the read
+                                    came raw. */
 } rmem_read_info;
 
 /** rmem_read with options: `opts` may be NULL; `info` (may be NULL) is always

@@ -3,6 +3,7 @@
  * shape is the agent's fault, so their errors are RMEM_EPROTO. */
 #include "msg.h"
 
+#include "compress.h"
 #include "rmem_error.h"
 
 #include <limits.h>
@@ -239,7 +240,9 @@ int msg_ranges_push(rmem_ranges *r, uint64_t addr, uint64_t len, int code) {
 void msg_hello_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_hello_req *req) {
   size_t client = strnlen(req->client, sizeof(req->client));
   size_t token = req->token_len < sizeof(req->token) ? req->token_len : sizeof(req->token);
-  codec_pack_request_head(pk, msgid, "hello", 1 + (client ? 1 : 0) + (req->has_token ? 1 : 0));
+  int lz4 = (req->compress & MSG_COMPRESS_LZ4) != 0;
+  codec_pack_request_head(pk, msgid, "hello",
+                          1 + (client ? 1 : 0) + (req->has_token ? 1 : 0) + (lz4 ? 1 : 0));
   pack_u64(pk, "version", req->version);
   if (client)
     pack_chars(pk, "client", req->client, sizeof(req->client));
@@ -247,6 +250,30 @@ void msg_hello_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_hello_req 
     codec_pack_str(pk, "token");
     codec_pack_strn(pk, req->token, token);
   }
+  if (lz4) {
+    codec_pack_str(pk, "compress");
+    msgpack_pack_array(pk, 1);
+    codec_pack_str(pk, COMPRESS_LZ4_NAME);
+  }
+}
+
+/* hello's optional `compress`: an array of algorithm names, in the client's
+ * order of preference. Names we do not know are skipped. */
+static int compress_parse(const msgpack_object *params, unsigned *out, codec_err *err) {
+  const msgpack_object *a = codec_map_get(params, "compress");
+  *out = 0;
+  if (a == NULL || a->type == MSGPACK_OBJECT_NIL)
+    return 0;
+  if (a->type != MSGPACK_OBJECT_ARRAY)
+    return codec_fail(err, RMEM_EPARAM, "parameter 'compress' must be an array of strings");
+  for (uint32_t i = 0; i < a->via.array.size; i++) {
+    const msgpack_object *o = &a->via.array.ptr[i];
+    if (o->type != MSGPACK_OBJECT_STR)
+      return codec_fail(err, RMEM_EPARAM, "parameter 'compress' must be an array of strings");
+    if (codec_str_eq(o, COMPRESS_LZ4_NAME))
+      *out |= MSG_COMPRESS_LZ4;
+  }
+  return 0;
 }
 
 int msg_hello_req_parse(const msgpack_object *params, msg_hello_req *req, codec_err *err) {
@@ -273,13 +300,14 @@ int msg_hello_req_parse(const msgpack_object *params, msg_hello_req *req, codec_
     req->token_len = len;
     req->has_token = 1;
   }
-  return 0;
+  return compress_parse(params, &req->compress, err);
 }
 
 void msg_hello_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_agent_info *info) {
   size_t nmethods = info->nmethods < COUNT(info->methods) ? info->nmethods : COUNT(info->methods);
+  size_t compress = strnlen(info->compress, sizeof(info->compress));
   codec_pack_result_head(pk, msgid);
-  msgpack_pack_map(pk, 10);
+  msgpack_pack_map(pk, 10 + (compress ? 1 : 0));
   pack_u64(pk, "version", info->version);
   pack_chars(pk, "agent", info->agent, sizeof(info->agent));
   codec_pack_str(pk, "methods");
@@ -298,6 +326,8 @@ void msg_hello_res_pack(msgpack_packer *pk, uint32_t msgid, const rmem_agent_inf
   pack_u64(pk, "pointer_size", info->pointer_size);
   pack_bool(pk, "tls", info->tls);
   pack_chars(pk, "auth", info->auth, sizeof(info->auth));
+  if (compress)
+    pack_chars(pk, "compress", info->compress, sizeof(info->compress));
 }
 
 int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, codec_err *err) {
@@ -311,6 +341,8 @@ int msg_hello_res_parse(const msgpack_object *result, rmem_agent_info *info, cod
       /* Absent from agents that predate TLS: plaintext, no authentication. */
       FIELD(rmem_agent_info, tls, "tls", F_BOOL, 0),
       FIELD(rmem_agent_info, auth, "auth", F_CHARS, 0),
+      /* Absent (or nil) when the agent compresses nothing for this client. */
+      FIELD(rmem_agent_info, compress, "compress", F_CHARS, 0),
   };
   static const field limits[] = {
       FIELD(rmem_agent_info, max_frame, "max_frame", F_U64, 1),
@@ -797,6 +829,14 @@ void msg_read_res_head(msgpack_packer *pk, uint32_t msgid, uint64_t len) {
   msgpack_pack_bin(pk, (size_t)len);
 }
 
+void msg_read_res_lz4_head(msgpack_packer *pk, uint32_t msgid, uint64_t lz4_len, size_t block_len) {
+  codec_pack_result_head(pk, msgid);
+  msgpack_pack_map(pk, 4);
+  pack_u64(pk, "lz4_len", lz4_len);
+  codec_pack_str(pk, "data");
+  msgpack_pack_bin(pk, block_len);
+}
+
 void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes,
                        uint64_t cached) {
   pack_ranges(pk, "holes", holes, nholes);
@@ -804,26 +844,40 @@ void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nhole
 }
 
 void msg_read_res_pack(msgpack_packer *pk, uint32_t msgid, const void *data, size_t len,
-                       const rmem_range *holes, size_t nholes, uint64_t cached) {
-  msg_read_res_head(pk, msgid, len);
+                       uint64_t lz4_len, const rmem_range *holes, size_t nholes, uint64_t cached) {
+  if (lz4_len)
+    msg_read_res_lz4_head(pk, msgid, lz4_len, len);
+  else
+    msg_read_res_head(pk, msgid, len);
   if (len)
     msgpack_pack_bin_body(pk, data, len);
   msg_read_res_tail(pk, holes, nholes, cached);
 }
 
 int msg_read_res_parse(const msgpack_object *result, const char **data, size_t *len,
-                       rmem_ranges *holes, uint64_t *cached, codec_err *err) {
-  uint64_t c = 0;
+                       uint64_t *lz4_len, rmem_ranges *holes, uint64_t *cached, codec_err *err) {
+  uint64_t c = 0, lz4 = 0;
   int rc = reply_is_map(result, "read result", err);
   if (rc == 0 && codec_get_bin(result, "data", 1, data, len, err) != 0)
     rc = bad_reply(err);
   /* Agents before the page cache leave `cached` out. */
   if (rc == 0 && codec_get_u64(result, "cached", 0, &c, err) < 0)
     rc = bad_reply(err);
+  /* Compressed data only where it was negotiated, and never of nothing. */
+  int got = rc == 0 ? codec_get_u64(result, "lz4_len", 0, &lz4, err) : 1;
+  if (got < 0)
+    rc = bad_reply(err);
+  else if (got == 0 && lz4_len == NULL)
+    rc = codec_fail(err, RMEM_EPROTO, "bad reply: compressed data ('lz4_len') not asked for");
+  else if (got == 0 && (lz4 == 0 || *len == 0))
+    rc = codec_fail(err, RMEM_EPROTO, "bad reply: 'lz4_len' %llu with a %zu-byte block",
+                    (unsigned long long)lz4, *len);
   if (rc == 0)
     rc = ranges_parse(result, "holes", holes, err);
   if (rc == 0 && cached)
     *cached = c;
+  if (rc == 0 && lz4_len)
+    *lz4_len = lz4;
   return rc;
 }
 

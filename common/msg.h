@@ -14,12 +14,18 @@
 #include "rmem.h"
 
 /* hello */
+
+/* Compression algorithms a client offers in hello, as bits. */
+enum { MSG_COMPRESS_LZ4 = 1u };
+
 typedef struct {
   uint32_t version;
   char client[64]; /* Truncated copy of the client's name. */
   int has_token;   /* A token was sent (it may be empty). */
   size_t token_len;
   char token[RMEM_TOKEN_MAX + 1]; /* The shared secret; a longer one is RMEM_EPARAM. */
+  unsigned compress;              /* MSG_COMPRESS_* offered; names we do not know are
+                                     ignored. Packed only when nonzero. */
 } msg_hello_req;
 
 void msg_hello_req_pack(msgpack_packer *pk, uint32_t msgid, const msg_hello_req *req);
@@ -84,15 +90,25 @@ int msg_read_req_parse(const msgpack_object *params, msg_read_req *req, codec_er
  * msg_read_res_head packs everything up to and including the bin header,
  * the caller writes `len` bytes, then msg_read_res_tail packs the holes and
  * `cached` (bytes served from the agent's page cache). msg_read_res_pack
- * does all three and gives the same bytes. */
+ * does all three and gives the same bytes.
+ *
+ * Compressed, it is {lz4_len: uint, data: bin, holes, cached}, where data
+ * is an lz4 block of `lz4_len` bytes: msg_read_res_lz4_head packs up to the
+ * block's bin header, and msg_read_res_tail ends it as for raw data.
+ * lz4_len comes first so that a reader knows before the data arrives. */
 void msg_read_res_head(msgpack_packer *pk, uint32_t msgid, uint64_t len);
+void msg_read_res_lz4_head(msgpack_packer *pk, uint32_t msgid, uint64_t lz4_len, size_t block_len);
 void msg_read_res_tail(msgpack_packer *pk, const rmem_range *holes, size_t nholes, uint64_t cached);
+/* `lz4_len` 0: `data` is raw; otherwise it is a block of that many bytes. */
 void msg_read_res_pack(msgpack_packer *pk, uint32_t msgid, const void *data, size_t len,
-                       const rmem_range *holes, size_t nholes, uint64_t cached);
-/* Points *data at the bytes in place, appends the holes to `holes` (may be
- * NULL) and sets *cached (may be NULL; 0 when an older agent left it out). */
+                       uint64_t lz4_len, const rmem_range *holes, size_t nholes, uint64_t cached);
+/* Points *data at the bin's bytes in place, sets *lz4_len (0 for raw data;
+ * when it is not, *data is an lz4 block that holds that many bytes; a NULL
+ * lz4_len makes compressed data a bad reply), appends the holes to `holes`
+ * (may be NULL) and sets *cached (may be NULL; 0 when an older agent left
+ * it out). The block is not looked into: see compress_lz4_unpack. */
 int msg_read_res_parse(const msgpack_object *result, const char **data, size_t *len,
-                       rmem_ranges *holes, uint64_t *cached, codec_err *err);
+                       uint64_t *lz4_len, rmem_ranges *holes, uint64_t *cached, codec_err *err);
 
 /* write */
 typedef struct {

@@ -33,6 +33,7 @@ typedef struct {
   const char *key_file;
   const char *token_file;
   const char *token; /* From RMEM_TOKEN, when there is no token file. */
+  int compress;      /* Offer lz4 for read data (--compress, RMEM_COMPRESS=1). */
   /* map */
   int map_free;
   int map_detail;

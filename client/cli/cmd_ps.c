@@ -137,6 +137,7 @@ int cmd_info(const cli_opts *o) {
     json_kv_u64(&j, "pointer_size", in->pointer_size);
     json_kv_bool(&j, "tls", in->tls);
     json_kv_str(&j, "auth", in->auth[0] ? in->auth : "none");
+    json_kv_str(&j, "compress", in->compress[0] ? in->compress : "none");
     json_obj_end(&j);
     json_finish(&j);
   } else {
@@ -149,6 +150,7 @@ int cmd_info(const cli_opts *o) {
     printf("pointer size  %u\n", in->pointer_size);
     printf("transport     %s\n", in->tls ? "TLS" : "plaintext");
     printf("auth          %s\n", in->auth[0] ? in->auth : "none");
+    printf("compression   %s\n", in->compress[0] ? in->compress : "none");
     printf("max_frame     %llu (%s)\n", (unsigned long long)in->max_frame,
            cli_human(in->max_frame, a, sizeof(a)));
     printf("max_read      %llu (%s)\n", (unsigned long long)in->max_read,

@@ -48,6 +48,12 @@ static const char usage_main[] =
     "                  secret itself in RMEM_TOKEN); never sent in the clear to a\n"
     "                  non-loopback address\n"
     "\n"
+    "Slow links:\n"
+    "  --compress      ask the agent to compress read data with lz4 (env\n"
+    "                  RMEM_COMPRESS=1); it pays when the link is slower than a few\n"
+    "                  hundred MB/s and the memory compresses. 'rmem info' shows\n"
+    "                  whether the agent agreed\n"
+    "\n"
     "Numbers: PID is decimal; ADDR and LEN are decimal or 0x-prefixed hex, and\n"
     "LEN may end in k, m or g (KiB, MiB, GiB).\n"
     "\n"
@@ -167,8 +173,9 @@ static const char usage_info[] =
     "Show what the agent announced when connecting: its version, the protocol\n"
     "version, OS and architecture, page and pointer size, its limits (max_frame,\n"
     "max_read, max_write, max_inflight), the methods it serves, whether the\n"
-    "connection runs over TLS, and what authentication it requires (none, token,\n"
-    "mtls).\n";
+    "connection runs over TLS, what authentication it requires (none, token,\n"
+    "mtls), and how read data is compressed (lz4 with --compress when the agent\n"
+    "agrees, otherwise none).\n";
 
 static const char usage_readv[] =
     "Usage: rmem readv PID ADDR:LEN [ADDR:LEN...] [--json]\n"
@@ -374,6 +381,7 @@ rmem_client *cli_connect(const cli_opts *o, int *status) {
       .cert_file = o->cert_file,
       .key_file = o->key_file,
       .token = o->token,
+      .compress = o->compress,
   };
   if (o->token_file) {
     if (read_token(o->token_file, token) != 0) {
@@ -507,6 +515,7 @@ enum {
   OPT_CERT,
   OPT_KEY,
   OPT_TOKEN_FILE,
+  OPT_COMPRESS,
 };
 
 typedef struct {
@@ -540,6 +549,7 @@ static const option options[] = {
     {"cert", 0, OPT_CERT, 1, NULL},
     {"key", 0, OPT_KEY, 1, NULL},
     {"token-file", 0, OPT_TOKEN_FILE, 1, NULL},
+    {"compress", 0, OPT_COMPRESS, 0, NULL},
 };
 
 static const option *find_option(const char *arg, const char **value) {
@@ -588,6 +598,8 @@ int main(int argc, char **argv) {
     return cli_usage_error(NULL, "RMEM_PORT: '%s' is not a port number", env_port);
   const char *env_tls = getenv("RMEM_TLS");
   o.tls = env_tls && *env_tls && strcmp(env_tls, "0") != 0;
+  const char *env_compress = getenv("RMEM_COMPRESS");
+  o.compress = env_compress && *env_compress && strcmp(env_compress, "0") != 0;
   o.ca_file = env_str("RMEM_CA");
   o.pin = env_str("RMEM_PIN");
   o.cert_file = env_str("RMEM_CERT");
@@ -709,6 +721,9 @@ int main(int argc, char **argv) {
     case OPT_TOKEN_FILE:
       o.token_file = value;
       o.token = NULL;
+      break;
+    case OPT_COMPRESS:
+      o.compress = 1;
       break;
     }
   }

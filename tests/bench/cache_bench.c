@@ -244,7 +244,7 @@ static void end_to_end(const char *rmemd, uint32_t pid, int iters, int runs) {
   uint16_t port = 0, port_off = 0;
   pid_t agent = start_agent(rmemd, dir, "64M", &port);
   pid_t agent_off = start_agent(rmemd, dir, "0", &port_off);
-  rmem_client *c, *c_off;
+  rmem_client *c = NULL, *c_off = NULL;
   if (rmem_connect(&c, "127.0.0.1", port, 10000) != 0 ||
       rmem_connect(&c_off, "127.0.0.1", port_off, 10000) != 0)
     die("cannot connect to rmemd");

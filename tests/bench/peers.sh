@@ -81,6 +81,38 @@ port=$(cat "$tmp/port")
 rmem_read() { time_cmd "$build"/rmem --port "$port" read "$fpid" "$addr" "$1" -o /dev/null; }
 measure "rmem (plaintext)" rmem_read
 
+# rmem over TLS (and with lz4 when this build has it), same fixture.
+deploy/make-certs.sh "$tmp/certs" >/dev/null
+"$build"/rmemd --listen 127.0.0.1 --port 0 --port-file "$tmp/tport" --log-level error \
+  --tls-cert "$tmp/certs/server.crt" --tls-key "$tmp/certs/server.key" &
+pids+=($!)
+wait_for "$tmp/tport" .
+tport=$(cat "$tmp/tport")
+rmem_tls_read() {
+  time_cmd "$build"/rmem --port "$tport" --tls --ca "$tmp/certs/ca.crt" read "$fpid" "$addr" "$1" \
+    -o /dev/null
+}
+measure "rmem (TLS)" rmem_tls_read
+if "$build"/rmem --help 2>&1 | grep -q -- --compress; then
+  # A compressible fixture: lz4 only pays where memory compresses.
+  "$build"/tests/fixture_regions --sleep --bulk-compressible "$mib" >"$tmp/zfx" </dev/null &
+  pids+=($!)
+  wait_for "$tmp/zfx" '^ready'
+  zaddr=$(val "$tmp/zfx" bulk)
+  zpid=$(val "$tmp/zfx" pid)
+  rmem_z_read() { time_cmd "$build"/rmem --port "$port" read "$zpid" "$zaddr" "$1" -o /dev/null; }
+  rmem_zc_read() {
+    time_cmd "$build"/rmem --port "$port" --compress read "$zpid" "$zaddr" "$1" -o /dev/null
+  }
+  rmem_tlsz_read() {
+    time_cmd "$build"/rmem --port "$tport" --tls --ca "$tmp/certs/ca.crt" --compress \
+      read "$zpid" "$zaddr" "$1" -o /dev/null
+  }
+  measure "rmem compressible, raw" rmem_z_read
+  measure "rmem compressible, lz4" rmem_zc_read
+  measure "rmem compressible, TLS+lz4" rmem_tlsz_read
+fi
+
 # The loopback ceiling: a plain TCP copy of the same size.
 if command -v iperf3 >/dev/null; then
   iperf3 -s -B 127.0.0.1 -p 5299 -1 >/dev/null 2>&1 &

@@ -3,10 +3,15 @@
  * and the fixtures and passes their addresses here.
  *
  *   rmem_bench --port P --bulk-pid PID --bulk-addr A --bulk-len N --map-pid PID2
- *              [--tls --ca FILE | --pin SHA256]
+ *              [--tls --ca FILE | --pin SHA256] [--compress]
+ *
+ * --compress asks the agent for lz4 and adds what lz4 does on one core with
+ * the bulk bytes, the most one worker thread of the agent can compress.
  *
  * Figures are medians over several runs; the machine is shared and noisy. */
 #include "rmem.h"
+
+#include <lz4.h>
 
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -81,6 +86,35 @@ static double raw_copy(uint32_t pid, uint64_t addr, char *buf, size_t len) {
   return (double)len / (now() - t0) / 1e9;
 }
 
+/* lz4 on this thread over `len` bytes in blocks of `block`, as the agent
+ * compresses one read: input GB/s, with the ratio (raw / compressed) and the
+ * decompression speed. */
+static void lz4_speed(const char *buf, size_t len, size_t block, double *c_gbps, double *ratio,
+                      double *d_gbps) {
+  int bound = LZ4_compressBound((int)block);
+  char *out = malloc((size_t)bound), *back = malloc(block);
+  size_t total = 0;
+  double tc = 0, td = 0;
+  for (size_t off = 0; off < len; off += block) {
+    int n = len - off < block ? (int)(len - off) : (int)block;
+    double t0 = now();
+    int c = LZ4_compress_default(buf + off, out, n, bound);
+    double t1 = now();
+    if (c <= 0 || LZ4_decompress_safe(out, back, c, n) != n || memcmp(back, buf + off, n) != 0) {
+      fprintf(stderr, "rmem_bench: lz4 round trip failed\n");
+      exit(1);
+    }
+    td += now() - t1;
+    tc += t1 - t0;
+    total += (size_t)c;
+  }
+  *c_gbps = (double)len / tc / 1e9;
+  *d_gbps = (double)len / td / 1e9;
+  *ratio = (double)len / (double)total;
+  free(out);
+  free(back);
+}
+
 /* Loopback TCP ceiling: one thread sends `len` bytes, this one receives. */
 struct tcp_arg {
   int port;
@@ -150,6 +184,7 @@ int main(int argc, char **argv) {
       {"bulk-len", required_argument, 0, 'l'},
       {"map-pid", required_argument, 0, 'm'},
       {"runs", required_argument, 0, 'r'},
+      {"compress", no_argument, 0, 'z'},
       {0, 0, 0, 0},
   };
   int o;
@@ -187,9 +222,14 @@ int main(int argc, char **argv) {
       co.tls = 1;
       co.pin_sha256 = optarg;
       break;
+    case 'z':
+      co.compress = 1;
+      break;
+
     default:
       fprintf(stderr, "usage: rmem_bench --port P --bulk-pid PID --bulk-addr A [--bulk-len N] "
-                      "--map-pid PID [--runs N] [--tls --ca FILE | --pin SHA256]\n");
+                      "--map-pid PID [--runs N] [--tls --ca FILE | --pin SHA256] "
+                      "[--compress]\n");
       return 2;
     }
   }
@@ -202,8 +242,11 @@ int main(int argc, char **argv) {
   if (rc < 0)
     die(NULL, "connect", rc);
   const rmem_agent_info *info = rmem_info(c);
-  printf("agent %s, max_read %llu, max_inflight %u%s\n", info->agent,
-         (unsigned long long)info->max_read, info->max_inflight, info->tls ? ", TLS" : "");
+  printf("agent %s, max_read %llu, max_inflight %u%s, compression %s\n", info->agent,
+         (unsigned long long)info->max_read, info->max_inflight, info->tls ? ", TLS" : "",
+         info->compress[0] ? info->compress : "none");
+  if (co.compress && !info->compress[0])
+    fprintf(stderr, "rmem_bench: the agent declined compression\n");
 
   double v[100];
   if (bulk_pid) {
@@ -217,6 +260,15 @@ int main(int argc, char **argv) {
       v[i] = tcp_ceiling(bulk_len);
     printf("ceiling  loopback TCP socket copy:               %7.2f GB/s median of %d\n",
            pct(v, runs, 0.5), runs);
+    if (co.compress) {
+      double cv[100], dv[100], ratio = 0;
+      for (int i = 0; i < runs; i++)
+        lz4_speed(buf, bulk_len, (size_t)info->max_read, &cv[i], &ratio, &dv[i]);
+      printf("ceiling  lz4 on one core, %llu KiB blocks: compress %.2f GB/s, decompress %.2f "
+             "GB/s, ratio %.2f, median of %d\n",
+             (unsigned long long)(info->max_read >> 10), pct(cv, runs, 0.5), pct(dv, runs, 0.5),
+             ratio, runs);
+    }
     static const size_t chunks[] = {256u << 10, 1u << 20, 2u << 20, 4u << 20, 8u << 20};
     static const int windows[] = {2, 4, 8};
     double best = 0;
@@ -238,15 +290,22 @@ int main(int argc, char **argv) {
         }
       }
     }
+    rmem_read_info ri = {0};
     for (int i = 0; i < runs; i++) {
       double t0 = now();
-      ssize_t n = rmem_read(c, bulk_pid, bulk_addr, buf, bulk_len, NULL);
+      ssize_t n = rmem_read_ex(c, bulk_pid, bulk_addr, buf, bulk_len, NULL, NULL, &ri);
       if (n < 0)
         die(c, "read", n);
       v[i] = (double)bulk_len / (now() - t0) / 1e9;
     }
     printf("bulk     rmem_read() default splitting:          %7.2f GB/s median of %d\n",
            pct(v, runs, 0.5), runs);
+    if (co.compress)
+      printf("bulk     of which lz4: %llu MiB in %.1f MiB on the wire (%.2fx)\n",
+             (unsigned long long)(ri.decompressed_bytes >> 20),
+             (double)ri.compressed_bytes / 1048576.0,
+             ri.compressed_bytes ? (double)ri.decompressed_bytes / (double)ri.compressed_bytes
+                                 : 0.0);
     printf("bulk     best: chunk %zu KiB, window %d: %.2f GB/s\n", best_chunk >> 10, best_window,
            best);
 

@@ -217,6 +217,26 @@ else
   bad "RMEM_PORT and info --json"
 fi
 
+run "${R[@]}" --compress info
+if [ "$rc" -eq 0 ] && grep -q "^compression   lz4$" "$T/out"; then
+  ok "rmem --compress info shows lz4"
+else
+  bad "rmem --compress info shows lz4"
+fi
+last_cmd="RMEM_COMPRESS=1 rmem info --json; rmem info --json"
+RMEM_COMPRESS=1 "$RMEM" "${R[@]}" info --json >"$T/out" 2>"$T/err" &&
+  "$RMEM" "${R[@]}" info --json >"$T/out2" 2>>"$T/err"
+rc=$?
+if [ "$rc" -eq 0 ] && python3 -c '
+import json, sys
+assert json.load(open(sys.argv[1]))["compress"] == "lz4"
+assert json.load(open(sys.argv[2]))["compress"] == "none"
+' "$T/out" "$T/out2" 2>>"$T/err"; then
+  ok "RMEM_COMPRESS=1 and info --json"
+else
+  bad "RMEM_COMPRESS=1 and info --json"
+fi
+
 ## ps
 
 run "${R[@]}" ps --json
@@ -407,6 +427,24 @@ if [ "$rc" -eq 4 ] && cmp -s "$T/guard.expected" "$T/guard.bin"; then
   ok "read -o across the guard zero-fills the hole and exits 4"
 else
   bad "read -o across the guard zero-fills the hole and exits 4"
+fi
+
+# lz4: the agent compresses these (repetitive, over 4 KiB); the bytes and the hole are the same.
+run "${R[@]}" --compress read "$FPID" "$PATTERN" "$((3 * PAGE))" -o "$T/pattern.lz4.bin"
+if [ "$rc" -eq 0 ] && cmp -s "$T/pattern.expected" "$T/pattern.lz4.bin"; then
+  ok "read --compress gives the same bytes"
+else
+  bad "read --compress gives the same bytes"
+fi
+last_cmd="RMEM_COMPRESS=1 rmem read across the guard -o"
+RMEM_COMPRESS=1 "$RMEM" "${R[@]}" read "$FPID" "$GUARD" "$((3 * PAGE))" -o "$T/guard.lz4.bin" \
+  >"$T/out" 2>"$T/err"
+rc=$?
+if [ "$rc" -eq 4 ] && cmp -s "$T/guard.expected" "$T/guard.lz4.bin" &&
+  grep -q "$HOLE +0x$(hex "$PAGE") RMEM_EPROT" "$T/err"; then
+  ok "RMEM_COMPRESS=1 read across the guard: same bytes, same hole"
+else
+  bad "RMEM_COMPRESS=1 read across the guard: same bytes, same hole"
 fi
 
 run "${R[@]}" read "$FPID" "$HOLE" 16

@@ -52,10 +52,10 @@ static struct {
   char self_pin[128]; /* The self-signed one's. */
   char ext_ip[64];    /* A non-loopback address of this machine, "" when none. */
   agent t, m, p, s;
-  h_fixture fx, bulk;
-  int fx_up, bulk_up;
-  uint32_t pid, bulk_pid;
-  uint64_t pattern, scratch, bulk_addr;
+  h_fixture fx, bulk, comp;
+  int fx_up, bulk_up, comp_up;
+  uint32_t pid, bulk_pid, comp_pid;
+  uint64_t pattern, scratch, bulk_addr, comp_addr, comp_len;
   rmem_client *by; /* The bystander, on T over TLS. */
 } S;
 
@@ -242,6 +242,13 @@ static int group_setup(void **state) {
   S.bulk_up = 1;
   S.bulk_pid = (uint32_t)h_fixture_u64(&S.bulk, "pid");
   S.bulk_addr = h_fixture_u64(&S.bulk, "bulk");
+  const char *comp_args[] = {"--bulk-compressible", "4", NULL};
+  if (h_fixture_start(&S.comp, FIXTURE_REGIONS_PATH, comp_args) != 0)
+    return -1;
+  S.comp_up = 1;
+  S.comp_pid = (uint32_t)h_fixture_u64(&S.comp, "pid");
+  S.comp_addr = h_fixture_u64(&S.comp, "bulk");
+  S.comp_len = h_fixture_u64(&S.comp, "bulk_len");
 
   int rc = connect_t(&S.by);
   if (rc != 0) {
@@ -259,6 +266,8 @@ static int group_teardown(void **state) {
     h_fixture_stop(&S.fx);
   if (S.bulk_up)
     h_fixture_stop(&S.bulk);
+  if (S.comp_up)
+    h_fixture_stop(&S.comp);
   int bad = 0;
   bad |= agent_stop(&S.t) != 0;
   bad |= agent_stop(&S.m) != 0;
@@ -340,6 +349,51 @@ static void test_tls_ca(void **state) {
   rc = rmem_connect_opts(&c, &o);
   if (rc != 0)
     fail_msg("connect to localhost: %s: %s", rmem_err_name(rc), rmem_last_error(NULL));
+  rmem_close(c);
+  check_bystander();
+}
+
+/* lz4 inside TLS: data is compressed, then encrypted. The bytes are those
+ * the bystander reads raw, and the bulk words (which lz4 halves) survive
+ * many records. */
+static void test_tls_lz4(void **state) {
+  rmem_connect_options o = opts(S.t.a.port);
+  o.tls = 1;
+  o.ca_file = S.ca;
+  o.token = TOKEN;
+  o.compress = 1;
+  rmem_client *c;
+  int rc = rmem_connect_opts(&c, &o);
+  if (rc != 0)
+    fail_msg("connect: %s: %s", rmem_err_name(rc), rmem_last_error(NULL));
+  assert_int_equal(rmem_info(c)->tls, 1);
+  assert_string_equal(rmem_info(c)->compress, "lz4");
+  assert_string_equal(rmem_info(S.by)->compress, "");
+
+  size_t len = (size_t)S.comp_len;
+  char *want = malloc(len), *got = malloc(len);
+  assert_true(want && got);
+  assert_int_equal(rmem_read(S.by, S.comp_pid, S.comp_addr, want, len, NULL), (ssize_t)len);
+  rmem_read_info info;
+  assert_int_equal(rmem_read_ex(c, S.comp_pid, S.comp_addr, got, len, NULL, NULL, &info),
+                   (ssize_t)len);
+  if (info.compressed_bytes == 0 || info.compressed_bytes * 3 > len)
+    fail_msg("%llu compressed bytes for %zu", (unsigned long long)info.compressed_bytes, len);
+  assert_memory_equal(want, got, len);
+  free(want);
+  free(got);
+
+  len = (size_t)BULK_MIB << 20;
+  uint64_t *buf = malloc(len);
+  assert_non_null(buf);
+  assert_int_equal(rmem_read_ex(c, S.bulk_pid, S.bulk_addr, buf, len, NULL, NULL, &info),
+                   (ssize_t)len);
+  assert_int_equal(info.decompressed_bytes, len);
+  for (size_t i = 0; i < len / 8; i++) {
+    if (buf[i] != ((S.bulk_addr + 8 * i) ^ BULK_XOR))
+      fail_msg("bulk word %zu differs", i);
+  }
+  free(buf);
   rmem_close(c);
   check_bystander();
 }
@@ -691,6 +745,7 @@ static void test_agents_exit_clean(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tls_ca),
+      cmocka_unit_test(test_tls_lz4),
       cmocka_unit_test(test_tls_pin),
       cmocka_unit_test(test_tls_untrusted),
       cmocka_unit_test(test_tls_to_plaintext),

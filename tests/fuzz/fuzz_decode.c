@@ -9,6 +9,7 @@
  * Seed it with the payloads of proto/vectors/ (the hex after the 4-byte
  * length, as binary files): fuzz_decode -max_len=8192 corpus/ */
 #include "codec.h"
+#include "compress.h"
 #include "msg.h"
 #include "rmem_error.h"
 
@@ -107,17 +108,28 @@ static int read_res(const msgpack_object *o, codec_buf *b) {
   size_t len;
   rmem_ranges holes = {0};
   codec_err err;
-  uint64_t cached;
-  int rc = msg_read_res_parse(o, &data, &len, &holes, &cached, &err);
+  uint64_t cached, lz4_len;
+  int rc = msg_read_res_parse(o, &data, &len, &lz4_len, &holes, &cached, &err);
+  /* A block is decompressed as librmem does it, into exactly lz4_len bytes. */
+  if (rc == 0 && lz4_len > 0 && lz4_len <= (1u << 20)) {
+    char *out = malloc(lz4_len);
+    if (out == NULL ||
+        (compress_lz4_unpack(data, len, out, lz4_len, &err) != 0 && err.code != RMEM_EPROTO))
+      abort();
+    free(out);
+  }
   if (rc == 0) {
     msgpack_packer pk;
     size_t start = b->len;
     codec_frame_begin(b, &pk);
-    msg_read_res_pack(&pk, 1, data, len, holes.v, holes.n, cached);
+    msg_read_res_pack(&pk, 1, data, len, lz4_len, holes.v, holes.n, cached);
     /* The zero-copy path must give the same bytes. */
     codec_buf split = {0};
     codec_frame_begin(&split, &pk);
-    msg_read_res_head(&pk, 1, len);
+    if (lz4_len)
+      msg_read_res_lz4_head(&pk, 1, lz4_len, len);
+    else
+      msg_read_res_head(&pk, 1, len);
     codec_buf_write(&split, data, len);
     msg_read_res_tail(&pk, holes.v, holes.n, cached);
     if (split.len != b->len - start || memcmp(split.data, b->data + start, split.len) != 0)

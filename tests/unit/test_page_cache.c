@@ -69,7 +69,7 @@ static uint64_t rd(uint64_t addr, void *out, size_t n, uint64_t max_age_ms, int 
   size_t dlen;
   uint64_t cached = 0;
   codec_err err;
-  assert_int_equal(msg_read_res_parse(m.result, &data, &dlen, NULL, &cached, &err), 0);
+  assert_int_equal(msg_read_res_parse(m.result, &data, &dlen, NULL, NULL, &cached, &err), 0);
   assert_int_equal(dlen, n);
   memcpy(out, data, n);
   msgpack_unpacked_destroy(&up);

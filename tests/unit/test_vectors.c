@@ -6,6 +6,7 @@
  * The second half checks msg.c's parse errors by breaking decoded vectors in
  * place. */
 #include "codec.h"
+#include "compress.h"
 #include "msg.h"
 #include "rmem_error.h"
 
@@ -189,6 +190,10 @@ static const rmem_range read_holes[] = {{.addr = 0x55555557a000, .len = 8, .code
 static const uint64_t read_cached = 8;
 static const msg_read_req read_req_cache = {
     .pid = 4242, .addr = 0x555555579ff8, .len = 16, .max_age_ms = 250, .uncached = 1};
+/* read.response.lz4.hex holds "rmem-ok!" 512 times, then a 4096-byte hole. */
+#define READ_LZ4_LEN 8192
+static const rmem_range read_lz4_holes[] = {
+    {.addr = 0x55555557a000, .len = 4096, .code = RMEM_EUNMAPPED}};
 
 static const msg_cache_req cache_req = {0};
 static const msg_cache_req cache_req_flush = {.flush = 1, .pid = 4242};
@@ -221,6 +226,7 @@ enum {
   ID_CACHE_FLUSH = 10,
   ID_READ = 300,
   ID_READ_CACHE = 301,
+  ID_READ_LZ4 = 302,
   ID_WRITE = 70000,
 };
 
@@ -498,21 +504,52 @@ static void test_hello_token_limits(void **state) {
   msgpack_sbuffer_destroy(&sb);
 }
 
-static void test_hello_response(void **state) {
-  vec v = vec_load("hello.response.hex");
+static void hello_response_check(const char *file, const rmem_agent_info *want) {
+  vec v = vec_load(file);
   msgpack_unpacked up;
   codec_msg m;
   decode(&v, &up, &m, CODEC_RESPONSE, ID_HELLO, NULL);
   rmem_agent_info info;
   codec_err err;
   assert_int_equal(msg_hello_res_parse(m.result, &info, &err), 0);
-  assert_memory_equal(&info, &hello_info, sizeof(info));
+  assert_memory_equal(&info, want, sizeof(info));
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
   msg_hello_res_pack(&pk, m.msgid, &info);
   frame_check(&b, &v);
   vec_done(&v, &up);
+}
+
+static void test_hello_response(void **state) {
+  hello_response_check("hello.response.hex", &hello_info);
+}
+
+/* Offering lz4 (compress: ["lz4"]) and the agent accepting it. */
+static void test_hello_request_compress(void **state) {
+  vec v = vec_load("hello.request.compress.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_REQUEST, ID_HELLO, "hello");
+  msg_hello_req req;
+  codec_err err;
+  assert_int_equal(msg_hello_req_parse(m.params, &req, &err), 0);
+  assert_int_equal(req.version, hello_req.version);
+  assert_string_equal(req.client, hello_req.client);
+  assert_int_equal(req.has_token, 0);
+  assert_int_equal(req.compress, MSG_COMPRESS_LZ4);
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_hello_req_pack(&pk, m.msgid, &req);
+  frame_check(&b, &v);
+  vec_done(&v, &up);
+}
+
+static void test_hello_response_compress(void **state) {
+  rmem_agent_info want = hello_info;
+  snprintf(want.compress, sizeof(want.compress), "lz4");
+  hello_response_check("hello.response.compress.hex", &want);
 }
 
 static void test_ps_request(void **state) {
@@ -664,8 +701,9 @@ static void test_read_response(void **state) {
   size_t len;
   rmem_ranges holes = {0};
   codec_err err;
-  uint64_t cached = 0;
-  assert_int_equal(msg_read_res_parse(m.result, &data, &len, &holes, &cached, &err), 0);
+  uint64_t cached = 0, lz4_len = 1;
+  assert_int_equal(msg_read_res_parse(m.result, &data, &len, &lz4_len, &holes, &cached, &err), 0);
+  assert_int_equal(lz4_len, 0);
   assert_int_equal(len, sizeof(read_data));
   assert_memory_equal(data, read_data, len);
   ranges_check(&holes, read_holes, COUNT(read_holes));
@@ -674,7 +712,7 @@ static void test_read_response(void **state) {
   codec_buf b;
   msgpack_packer pk;
   frame_begin(&b, &pk);
-  msg_read_res_pack(&pk, m.msgid, data, len, holes.v, holes.n, cached);
+  msg_read_res_pack(&pk, m.msgid, data, len, lz4_len, holes.v, holes.n, cached);
   frame_check(&b, &v);
 
   /* The agent's zero-copy path: head, raw bytes, tail. */
@@ -684,6 +722,48 @@ static void test_read_response(void **state) {
   msg_read_res_tail(&pk, holes.v, holes.n, cached);
   frame_check(&b, &v);
 
+  ranges_clear(&holes);
+  vec_done(&v, &up);
+}
+
+/* The compressed form: lz4_len, then the block; the same tail as raw data. */
+static void test_read_response_lz4(void **state) {
+  vec v = vec_load("read.response.lz4.hex");
+  msgpack_unpacked up;
+  codec_msg m;
+  decode(&v, &up, &m, CODEC_RESPONSE, ID_READ_LZ4, NULL);
+  const char *data;
+  size_t len;
+  rmem_ranges holes = {0};
+  codec_err err;
+  uint64_t cached = 1, lz4_len = 0;
+  assert_int_equal(msg_read_res_parse(m.result, &data, &len, &lz4_len, &holes, &cached, &err), 0);
+  assert_int_equal(lz4_len, READ_LZ4_LEN);
+  assert_true(len < READ_LZ4_LEN / 8);
+  ranges_check(&holes, read_lz4_holes, COUNT(read_lz4_holes));
+  assert_int_equal(cached, 0);
+
+  /* It expands to exactly the bytes announced, as librmem decompresses it. */
+  char *out = malloc(READ_LZ4_LEN);
+  assert_non_null(out);
+  assert_int_equal(compress_lz4_unpack(data, len, out, READ_LZ4_LEN, &err), 0);
+  for (size_t i = 0; i < READ_LZ4_LEN / 2; i += 8)
+    assert_memory_equal(out + i, "rmem-ok!", 8);
+  for (size_t i = READ_LZ4_LEN / 2; i < READ_LZ4_LEN; i++)
+    assert_int_equal(out[i], 0);
+  free(out);
+
+  codec_buf b;
+  msgpack_packer pk;
+  frame_begin(&b, &pk);
+  msg_read_res_pack(&pk, m.msgid, data, len, lz4_len, holes.v, holes.n, cached);
+  frame_check(&b, &v);
+  /* The agent's path: the compressed head, the block, the tail. */
+  frame_begin(&b, &pk);
+  msg_read_res_lz4_head(&pk, m.msgid, lz4_len, len);
+  assert_int_equal(codec_buf_write(&b, data, len), 0);
+  msg_read_res_tail(&pk, holes.v, holes.n, cached);
+  frame_check(&b, &v);
   ranges_clear(&holes);
   vec_done(&v, &up);
 }
@@ -1169,6 +1249,9 @@ static const char *const vector_files[] = {
     "hello.request.hex",
     "hello.response.hex",
     "hello.request.token.hex",
+    "hello.request.compress.hex",
+    "hello.response.compress.hex",
+    "read.response.lz4.hex",
     "ps.request.hex",
     "ps.request.next.hex",
     "ps.response.next.hex",
@@ -1468,21 +1551,21 @@ static void test_rw_reply_errors(void **state) {
   fx_load(&fx, "read.response.hex");
   msgpack_object *hole = &field_of(fx_body(&fx), "holes")->via.array.ptr[0];
   set_int(field_of(hole, "code"), 15);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, NULL, &fx.err),
                    RMEM_EPROTO);
   assert_int_equal(holes.n, 1);
   set_int(field_of(hole, "code"), 1ll << 40);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, NULL, &fx.err),
                    RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'code'");
   set_int(field_of(hole, "code"), RMEM_EPROT);
   /* Holes may be dropped by passing NULL. */
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, NULL, &fx.err), 0);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err), 0);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, NULL, NULL, &fx.err), 0);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, NULL, &fx.err), 0);
   assert_int_equal(holes.n, 2);
   assert_int_equal(holes.v[1].code, RMEM_EPROT);
   set_str(field_of(fx_body(&fx), "data"), "text");
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, NULL, &fx.err),
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, NULL, &fx.err),
                    RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'data'");
   fx_done(&fx);
@@ -1499,6 +1582,128 @@ static void test_rw_reply_errors(void **state) {
   assert_int_equal(holes.n, 2);
   fx_done(&fx);
   ranges_clear(&holes);
+}
+
+/* A lying or malformed compressed reply: librmem sees a protocol error and
+ * lz4 never writes past the bytes announced (ASan watches the exact-size
+ * buffers). */
+static void test_lz4_errors(void **state) {
+  fixture fx;
+  const char *data;
+  size_t len;
+  uint64_t lz4_len;
+  rmem_ranges holes = {0};
+  fx_load(&fx, "read.response.lz4.hex");
+  msgpack_object *body = fx_body(&fx);
+  assert_int_equal(msg_read_res_parse(body, &data, &len, &lz4_len, &holes, NULL, &fx.err), 0);
+  assert_int_equal(holes.n, 1);
+
+  /* Compressed data where none was asked for. */
+  assert_int_equal(msg_read_res_parse(body, &data, &len, NULL, &holes, NULL, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "not asked for");
+  /* lz4_len of nothing, negative, not a number. */
+  set_int(field_of(body, "lz4_len"), 0);
+  assert_int_equal(msg_read_res_parse(body, &data, &len, &lz4_len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'lz4_len'");
+  set_int(field_of(body, "lz4_len"), -8192);
+  assert_int_equal(msg_read_res_parse(body, &data, &len, &lz4_len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'lz4_len'");
+  set_str(field_of(body, "lz4_len"), "8192");
+  assert_int_equal(msg_read_res_parse(body, &data, &len, &lz4_len, &holes, NULL, &fx.err),
+                   RMEM_EPROTO);
+  assert_int_equal(holes.n, 1);
+  set_int(field_of(body, "lz4_len"), READ_LZ4_LEN);
+
+  /* The block holds 8192 bytes: announcing more or fewer fails, and a
+   * smaller buffer is never overrun. */
+  assert_int_equal(msg_read_res_parse(body, &data, &len, &lz4_len, NULL, NULL, &fx.err), 0);
+  for (size_t want = 1; want <= 2 * READ_LZ4_LEN; want = want < 4096 ? want * 4 : want + 4096) {
+    if (want == READ_LZ4_LEN)
+      continue;
+    char *out = malloc(want);
+    assert_non_null(out);
+    assert_int_equal(compress_lz4_unpack(data, len, out, want, &fx.err), RMEM_EPROTO);
+    free(out);
+  }
+  char *out = malloc(READ_LZ4_LEN);
+  assert_non_null(out);
+  /* A cut block, and every single-byte corruption of the block. */
+  assert_int_equal(compress_lz4_unpack(data, len - 1, out, READ_LZ4_LEN, &fx.err), RMEM_EPROTO);
+  assert_int_equal(compress_lz4_unpack(data, 0, out, READ_LZ4_LEN, &fx.err), RMEM_EPROTO);
+  char *bad = malloc(len);
+  assert_non_null(bad);
+  for (size_t i = 0; i < len; i++) {
+    static const unsigned char flips[] = {0x00, 0xff, 0x80, 0x0f};
+    for (size_t k = 0; k < COUNT(flips); k++) {
+      memcpy(bad, data, len);
+      bad[i] = (char)flips[k];
+      int rc = compress_lz4_unpack(bad, len, out, READ_LZ4_LEN, &fx.err);
+      assert_true(rc == 0 || rc == RMEM_EPROTO);
+    }
+  }
+  /* Garbage that claims a huge literal run. */
+  memset(bad, 0xff, len);
+  assert_int_equal(compress_lz4_unpack(bad, len, out, READ_LZ4_LEN, &fx.err), RMEM_EPROTO);
+  free(bad);
+  free(out);
+  fx_done(&fx);
+  ranges_clear(&holes);
+
+  /* hello: compress must be an array of strings; unknown names are skipped. */
+  fx_load(&fx, "hello.request.compress.hex");
+  msg_hello_req hello;
+  msgpack_object *list = field_of(fx_body(&fx), "compress");
+  set_str(&list->via.array.ptr[0], "zstd");
+  assert_int_equal(msg_hello_req_parse(fx_body(&fx), &hello, &fx.err), 0);
+  assert_int_equal(hello.compress, 0);
+  set_int(&list->via.array.ptr[0], 4);
+  assert_int_equal(msg_hello_req_parse(fx_body(&fx), &hello, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'compress'");
+  set_str(list, "lz4");
+  assert_int_equal(msg_hello_req_parse(fx_body(&fx), &hello, &fx.err), RMEM_EPARAM);
+  expect_err(&fx.err, RMEM_EPARAM, "'compress'");
+  list->type = MSGPACK_OBJECT_NIL;
+  assert_int_equal(msg_hello_req_parse(fx_body(&fx), &hello, &fx.err), 0);
+  assert_int_equal(hello.compress, 0);
+  fx_done(&fx);
+
+  /* hello result: a compress that is not a string is the agent's fault. */
+  fx_load(&fx, "hello.response.compress.hex");
+  rmem_agent_info info;
+  set_int(field_of(fx_body(&fx), "compress"), 1);
+  assert_int_equal(msg_hello_res_parse(fx_body(&fx), &info, &fx.err), RMEM_EPROTO);
+  expect_err(&fx.err, RMEM_EPROTO, "'compress'");
+  fx_done(&fx);
+}
+
+/* The agent's side: short and incompressible data stay raw; the rest
+ * round-trips. */
+static void test_lz4_helpers(void **state) {
+  enum { N = 64 << 10 };
+  unsigned char *src = malloc(N), *out = malloc(N);
+  size_t cap = compress_lz4_bound(N);
+  char *block = malloc(cap);
+  assert_true(src && out && block && cap >= N);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < N; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    src[i] = (unsigned char)x;
+  }
+  assert_int_equal(compress_lz4(src, N, block, cap), 0); /* Random bytes. */
+  for (size_t i = 0; i < N; i++)
+    src[i] = (unsigned char)(i % 251 < 200 ? 0 : i);
+  assert_int_equal(compress_lz4(src, COMPRESS_MIN - 1, block, cap), 0); /* Too short. */
+  assert_int_equal(compress_lz4(src, N, block, cap - 1), 0);            /* No room. */
+  size_t n = compress_lz4(src, N, block, cap);
+  assert_true(n > 0 && n * 8 <= (size_t)N * 7);
+  codec_err err;
+  assert_int_equal(compress_lz4_unpack(block, n, out, N, &err), 0);
+  assert_memory_equal(out, src, N);
+  free(src);
+  free(out);
+  free(block);
 }
 
 static void test_cache_errors(void **state) {
@@ -1545,14 +1750,15 @@ static void test_cache_errors(void **state) {
   rmem_ranges holes = {0};
   fx_load(&fx, "read.response.hex");
   set_int(field_of(fx_body(&fx), "cached"), -8);
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &cached, &fx.err),
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, &cached, &fx.err),
                    RMEM_EPROTO);
   expect_err(&fx.err, RMEM_EPROTO, "'cached'");
   assert_int_equal(holes.n, 0);
   assert_int_equal(cached, 99);
   /* Agents before the cache leave it out. */
   drop_key(fx_body(&fx), "cached");
-  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, &holes, &cached, &fx.err), 0);
+  assert_int_equal(msg_read_res_parse(fx_body(&fx), &data, &len, NULL, &holes, &cached, &fx.err),
+                   0);
   assert_int_equal(cached, 0);
   assert_int_equal(holes.n, 1);
   fx_done(&fx);
@@ -1735,6 +1941,8 @@ int main(void) {
       cmocka_unit_test(test_hello_response),
       cmocka_unit_test(test_hello_request_token),
       cmocka_unit_test(test_hello_token_limits),
+      cmocka_unit_test(test_hello_request_compress),
+      cmocka_unit_test(test_hello_response_compress),
       cmocka_unit_test(test_ps_request),
       cmocka_unit_test(test_ps_response),
       cmocka_unit_test(test_ps_next),
@@ -1745,6 +1953,9 @@ int main(void) {
       cmocka_unit_test(test_read_request),
       cmocka_unit_test(test_read_request_cache),
       cmocka_unit_test(test_read_response),
+      cmocka_unit_test(test_read_response_lz4),
+      cmocka_unit_test(test_lz4_errors),
+      cmocka_unit_test(test_lz4_helpers),
       cmocka_unit_test(test_cache_request),
       cmocka_unit_test(test_cache_request_flush),
       cmocka_unit_test(test_cache_response),
