@@ -224,7 +224,7 @@ typedef int (*rmem_chunk_cb)(void *ctx, uint64_t addr, const void *data, size_t 
 /** Reads `len` bytes (any length) at `addr` and hands them to `cb` in
  * address order, piece by piece, keeping a few requests in flight: memory
  * use is a few MiB whatever `len` is. Returns the bytes read (len minus the
- * holes), RMEM_EFAULT when nothing was readable, RMEM_ECLOSED when `cb`
+ * holes), RMEM_EFAULT when nothing was readable, RMEM_ECANCELED when `cb`
  * stopped the stream, or another negative code. */
 ssize_t rmem_read_stream(rmem_client *c, uint32_t pid, uint64_t addr, uint64_t len,
                          rmem_chunk_cb cb, void *ctx);

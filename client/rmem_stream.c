@@ -71,7 +71,7 @@ ssize_t rmem_read_stream(rmem_client *c, uint32_t pid, uint64_t addr, uint64_t l
     /* A piece with nothing readable is still handed over, all holes, so the
      * callback sees every byte of the range in order. */
     if (cb(ctx, s->addr, s->buf, s->len, holes.v, holes.n) != 0) {
-      rc = RMEM_ECLOSED;
+      rc = RMEM_ECANCELED;
       goto exit;
     }
   }
