@@ -64,7 +64,7 @@ static void test_error_table(void **state) {
   assert_int_equal(RMEM_EPROTO, -21);
   assert_int_equal(RMEM_ETLS, -22);
   assert_int_equal(RMEM_ECANCELED, -23);
-  assert_int_equal(COUNT(errors), 22);
+  assert_int_equal(COUNT(errors), 23);
 
   assert_string_equal(rmem_err_name(0), "RMEM_OK");
   assert_string_equal(rmem_strerror(0), "success");
