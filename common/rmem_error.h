@@ -29,7 +29,7 @@
   X(ECLOSED, -19, "connection closed")                                                             \
   X(ETIMEDOUT, -20, "timed out")                                                                   \
   X(EPROTO, -21, "protocol violation by peer")                                                     \
-  X(ETLS, -22, "TLS handshake or certificate failure") \
+  X(ETLS, -22, "TLS handshake or certificate failure")                                             \
   X(ECANCELED, -23, "stopped by the caller")
 
 typedef enum {

@@ -723,3 +723,18 @@ long long h_smaps_field(pid_t pid, uint64_t start, const char *field, char *vmfl
   fclose(f);
   return val;
 }
+
+int h_group_teardown(rmem_client **c, h_fixture *fx, h_agent *agent, int *agent_up) {
+  rmem_close(*c);
+  *c = NULL;
+  h_fixture_stop(fx);
+  if (!*agent_up)
+    return 0;
+  *agent_up = 0;
+  int st = h_agent_stop(agent);
+  if (st != 0) {
+    fprintf(stderr, "rmemd exited with status %d\n", st);
+    return -1;
+  }
+  return 0;
+}

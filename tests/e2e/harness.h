@@ -8,6 +8,7 @@
 #define RMEM_TEST_HARNESS_H
 
 #include "codec.h"
+#include "rmem.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -60,6 +61,11 @@ int h_fixture_dump(h_fixture *f, uint64_t addr, size_t len, void *out);
 /* Sends `exit`, closes the pipes and reaps the fixture (SIGKILL after 5 s).
  * Returns its exit status as h_agent_stop does. Safe on a stopped fixture. */
 int h_fixture_stop(h_fixture *f);
+
+/* The common end of a test group: closes *c, stops the fixture, then the
+ * agent (when *agent_up) and checks that it exited 0 (ASan makes a leak a
+ * non-zero exit). Returns 0 or -1 for cmocka's group teardown. */
+int h_group_teardown(rmem_client **c, h_fixture *fx, h_agent *agent, int *agent_up);
 /* SIGKILLs the fixture and reaps it. */
 void h_fixture_kill(h_fixture *f);
 

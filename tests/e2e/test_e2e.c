@@ -95,18 +95,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
   (void)state;
-  rmem_close(S.c);
-  S.c = NULL;
-  h_fixture_stop(&S.fx);
-  if (S.agent_up) {
-    S.agent_up = 0;
-    int st = h_agent_stop(&S.agent);
-    if (st != 0) {
-      fprintf(stderr, "rmemd exited with status %d\n", st);
-      return -1;
-    }
-  }
-  return 0;
+  return h_group_teardown(&S.c, &S.fx, &S.agent, &S.agent_up);
 }
 
 /* hello */
