@@ -695,6 +695,27 @@ static void test_token_plaintext(void **state) {
   close(fd);
 }
 
+/* A hello without the token is answered, but the connection must not keep
+ * its slot: it is closed when the hello timeout passes unauthenticated. */
+static void test_unauthenticated_closed(void **state) {
+  agent g = {0};
+  const char *args[] = {"--token-file", S.token_file, "--hello-timeout", "300", NULL};
+  assert_int_equal(agent_start(&g, "u", args), 0);
+  int fd = h_raw_connect(g.a.port);
+  assert_true(fd >= 0);
+  assert_int_equal(send_hello_token(fd, 1, NULL), 0);
+  assert_int_equal(recv_code(fd, 1, NULL, 0), 0);
+  assert_int_equal(h_raw_wait_closed(fd, 3000), 1);
+  close(fd);
+  /* An authenticated one stays past the timeout. */
+  int ok = h_raw_connect(g.a.port);
+  assert_int_equal(send_hello_token(ok, 2, TOKEN), 0);
+  assert_int_equal(recv_code(ok, 2, NULL, 0), 0);
+  assert_int_equal(h_raw_wait_closed(ok, 600), 0);
+  close(ok);
+  assert_int_equal(h_agent_stop(&g.a), 0);
+}
+
 /* Wrong tokens are answered later and later without stalling anyone else,
  * logged with the peer, and the 5th closes the connection. */
 static void test_failures_slowed(void **state) {
@@ -744,19 +765,13 @@ static void test_agents_exit_clean(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_tls_ca),
-      cmocka_unit_test(test_tls_lz4),
-      cmocka_unit_test(test_tls_pin),
-      cmocka_unit_test(test_tls_untrusted),
-      cmocka_unit_test(test_tls_to_plaintext),
-      cmocka_unit_test(test_plaintext_to_tls),
-      cmocka_unit_test(test_handshake_cut),
-      cmocka_unit_test(test_mtls),
-      cmocka_unit_test(test_token_tls),
-      cmocka_unit_test(test_cli),
-      cmocka_unit_test(test_token_plaintext),
-      cmocka_unit_test(test_failures_slowed),
-      cmocka_unit_test(test_agents_exit_clean),
+      cmocka_unit_test(test_tls_ca),           cmocka_unit_test(test_tls_lz4),
+      cmocka_unit_test(test_tls_pin),          cmocka_unit_test(test_tls_untrusted),
+      cmocka_unit_test(test_tls_to_plaintext), cmocka_unit_test(test_plaintext_to_tls),
+      cmocka_unit_test(test_handshake_cut),    cmocka_unit_test(test_mtls),
+      cmocka_unit_test(test_token_tls),        cmocka_unit_test(test_cli),
+      cmocka_unit_test(test_token_plaintext),  cmocka_unit_test(test_unauthenticated_closed),
+      cmocka_unit_test(test_failures_slowed),  cmocka_unit_test(test_agents_exit_clean),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
