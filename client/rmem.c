@@ -53,11 +53,17 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Chunk requests kept in flight by rmem_read and rmem_write. */
-#ifndef RMEM__WINDOW
 /* The longest frame librmem accepts, whatever the agent announces. */
 #define RMEM__MAX_FRAME (256u << 20)
-#define RMEM__WINDOW 8
+
+/* Long reads go out in pieces of at most RMEM__PIECE bytes with
+ * RMEM__WINDOW requests in flight: the best pair measured by
+ * tests/bench/run.sh over loopback (bigger pieces only add latency before
+ * the first byte arrives; a slow link wants a bigger window instead). */
+#define RMEM__PIECE (1u << 20)
+/* Chunk requests kept in flight by rmem_read and rmem_write. */
+#ifndef RMEM__WINDOW
+#define RMEM__WINDOW 4
 #endif
 /* Bytes read per recv when not reading a big payload in place. */
 #define RMEM__STAGE (64u << 10)
@@ -1772,6 +1778,8 @@ static ssize_t transfer(rmem_client *c, int kind, uint32_t pid, uint64_t addr, v
   if (len == 0)
     return 0;
   size_t piece = piece_max(c, kind == PEND_READ ? c->info.max_read : c->info.max_write);
+  if (kind == PEND_READ && piece > RMEM__PIECE)
+    piece = RMEM__PIECE;
   size_t npieces = len / piece + (len % piece != 0);
   size_t window = c->window ? c->window : 1;
   uint32_t ids[RMEM__WINDOW];

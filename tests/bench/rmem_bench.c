@@ -167,12 +167,53 @@ static double tcp_ceiling(size_t len) {
   return gbps;
 }
 
+/* A linked list of n + 1 nodes, each starting with a pointer to the next:
+ * one deref with n zero offsets against n + 1 dependent single reads. */
+static void pointer_chase(rmem_client *c, uint32_t pid, uint64_t head, size_t n, int runs) {
+  int64_t *offs = calloc(n, sizeof(*offs));
+  double d[100], s[100];
+  uint64_t end_deref = 0, end_single = 0;
+  for (int r = 0; r < runs; r++) {
+    rmem_deref_result res = {0};
+    uint64_t last;
+    double t0 = now();
+    int rc = rmem_deref(c, pid, head, offs, n, &last, sizeof(last), &res);
+    d[r] = (now() - t0) * 1e3;
+    if (rc != 0)
+      die(c, "deref", rc);
+    end_deref = res.addr;
+    rmem_deref_result_free(&res);
+    uint64_t p = head;
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+      uint64_t next;
+      ssize_t got = rmem_read(c, pid, p, &next, sizeof(next), NULL);
+      if (got != (ssize_t)sizeof(next))
+        die(c, "chase read", got);
+      p = next;
+    }
+    s[r] = (now() - t0) * 1e3;
+    end_single = p;
+  }
+  free(offs);
+  if (end_deref != end_single)
+    fprintf(stderr, "rmem_bench: deref ended at 0x%llx, single reads at 0x%llx\n",
+            (unsigned long long)end_deref, (unsigned long long)end_single);
+  double md = pct(d, runs, 0.5), ms = pct(s, runs, 0.5);
+  printf("deref    %zu-step pointer chase: deref %.2f ms, %zu single reads %.2f ms: %.0fx "
+         "(median of %d)\n",
+         n, md, n, ms, ms / md, runs);
+}
+
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1";
   int port = RMEM_DEFAULT_PORT, runs = 5;
   uint32_t bulk_pid = 0, map_pid = 0;
   uint64_t bulk_addr = 0, bulk_len = 256u << 20;
   rmem_connect_options co = {.timeout_ms = 30000};
+  uint32_t chase_pid = 0;
+  uint64_t chase_addr = 0;
+  size_t chase_n = 0;
   static const struct option opts[] = {
       {"tls", no_argument, 0, 't'},
       {"ca", required_argument, 0, 'c'},
@@ -185,6 +226,9 @@ int main(int argc, char **argv) {
       {"map-pid", required_argument, 0, 'm'},
       {"runs", required_argument, 0, 'r'},
       {"compress", no_argument, 0, 'z'},
+      {"chase-pid", required_argument, 0, 'C'},
+      {"chase-addr", required_argument, 0, 'A'},
+      {"chase-n", required_argument, 0, 'N'},
       {0, 0, 0, 0},
   };
   int o;
@@ -224,6 +268,15 @@ int main(int argc, char **argv) {
       break;
     case 'z':
       co.compress = 1;
+      break;
+    case 'C':
+      chase_pid = (uint32_t)strtoul(optarg, NULL, 0);
+      break;
+    case 'A':
+      chase_addr = strtoull(optarg, NULL, 0);
+      break;
+    case 'N':
+      chase_n = (size_t)strtoul(optarg, NULL, 0);
       break;
 
     default:
@@ -371,6 +424,8 @@ int main(int argc, char **argv) {
     printf("map      %zu regions with smaps detail: median %.2f ms (10 runs)\n", nregions,
            pct(ms, 10, 0.5));
   }
+  if (chase_pid && chase_n > 0 && chase_n <= 100000)
+    pointer_chase(c, chase_pid, chase_addr, chase_n, runs);
   rmem_close(c);
   return 0;
 }

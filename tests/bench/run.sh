@@ -28,12 +28,21 @@ pids+=($!)
 pids+=($!)
 "$build"/tests/fixture_regions --sleep 10000 >"$tmp/regions" </dev/null &
 pids+=($!)
+"$build"/tests/fixture_target --sleep >"$tmp/target" </dev/null &
+pids+=($!)
 wait_for "$tmp/port" . && wait_for "$tmp/bulk" '^ready' && wait_for "$tmp/regions" '^ready'
+wait_for "$tmp/target" '^ready'
 
 echo "# rmem_bench on $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 "$build"/tests/rmem_bench --port "$(cat "$tmp/port")" \
   --bulk-pid "$(val "$tmp/bulk" pid)" --bulk-addr "$(val "$tmp/bulk" bulk)" \
-  --bulk-len "$(val "$tmp/bulk" bulk_len)" --map-pid "$(val "$tmp/regions" pid)" "$@"
+  --bulk-len "$(val "$tmp/bulk" bulk_len)" --map-pid "$(val "$tmp/regions" pid)" \
+  --chase-pid "$(val "$tmp/target" pid)" --chase-addr "$(val "$tmp/target" chase)" \
+  --chase-n "$(val "$tmp/target" chase_n)" "$@"
+
+# The cipher speed on one core bounds one TLS connection's bulk reads.
+echo "# tls_cipher_bench"
+"$build"/tests/tls_cipher_bench
 
 # The page cache: agent-side cost of a 4 KiB read, hit against live, and the
 # same through librmem (it starts its own agents).
