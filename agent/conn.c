@@ -363,6 +363,7 @@ static void conn__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn__process(conn *c) {
   const dispatch_limits *l = &c->srv->limits;
   size_t off = 0;
+  int wipe = 0; /* A frame carried a token: do not leave it in the buffer. */
   while (!c->closing && !c->close_after_flush && !conn__over_caps(c)) {
     size_t avail = c->in_len - off;
     if (avail < CODEC_FRAME_HDR)
@@ -387,6 +388,7 @@ static void conn__process(conn *c) {
     dispatch_result r;
     dispatch_frame(&c->session, c->in + off + CODEC_FRAME_HDR, n, &r);
     off += CODEC_FRAME_HDR + (size_t)n;
+    wipe |= r.auth_event != 0;
     if (r.auth_event > 0)
       auth_failure_clear(&c->srv->auth_fails, c->host);
     if (r.reply && r.auth_event < 0)
@@ -399,6 +401,9 @@ static void conn__process(conn *c) {
   if (off > 0) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
+    /* The consumed bytes that the move did not overwrite lie in here. */
+    if (wipe)
+      memset(c->in + c->in_len, 0, off);
   }
   /* Give back a big buffer once the big frame it held is gone. */
   if (c->in_cap > CONN_INBUF_MIN && c->in_len < CONN_INBUF_MIN / 2) {
