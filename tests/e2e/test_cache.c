@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -297,6 +298,41 @@ static void test_write_invalidates(void **state) {
 /* uncached bypasses the cache for one read, and refreshes the copy. Writes
  * by anyone but the agent into read-only file pages are not seen until
  * then: the documented limit. */
+/* A write through a shared mapping made after the writer's last map
+ * snapshot still drops the cached copies of that file everywhere: the test
+ * process is the target here, so it can map the file twice at will. */
+static void test_write_through_new_shared_mapping(void **state) {
+  (void)state;
+  char path[] = "/tmp/rmem-cache-shared-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  unlink(path);
+  static unsigned char page[4096];
+  memset(page, 'A', sizeof(page));
+  assert_int_equal(write(fd, page, sizeof(page)), (ssize_t)sizeof(page));
+  unsigned char *ro = mmap(NULL, sizeof(page), PROT_READ, MAP_SHARED, fd, 0);
+  assert_true(ro != MAP_FAILED);
+  uint32_t self = (uint32_t)getpid();
+  unsigned char got[16];
+  rmem_read_info info = {0};
+  assert_int_equal(rmem_read_ex(S.c, self, (uintptr_t)ro, got, sizeof(got), NULL, NULL, &info),
+                   (ssize_t)sizeof(got));
+  assert_int_equal(rmem_read_ex(S.c, self, (uintptr_t)ro, got, sizeof(got), NULL, NULL, &info),
+                   (ssize_t)sizeof(got));
+  assert_int_equal(info.cached_bytes, sizeof(got)); /* Read-only file page: cached. */
+  unsigned char *rw = mmap(NULL, sizeof(page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  assert_true(rw != MAP_FAILED);
+  assert_int_equal(rmem_write(S.c, self, (uintptr_t)rw, "BBBB", 4, NULL), 4);
+  assert_int_equal(ro[0], 'B');
+  assert_int_equal(rmem_read_ex(S.c, self, (uintptr_t)ro, got, sizeof(got), NULL, NULL, &info),
+                   (ssize_t)sizeof(got));
+  assert_memory_equal(got, "BBBBAAAA", 8);
+  assert_int_equal(info.cached_bytes, 0);
+  munmap(rw, sizeof(page));
+  munmap(ro, sizeof(page));
+  close(fd);
+}
+
 static void test_uncached(void **state) {
   (void)state;
   unsigned char a[16], orig[7], patch[7] = {9, 8, 7, 6, 5, 4, 3};
@@ -661,6 +697,7 @@ int main(void) {
       cmocka_unit_test_setup(test_anon_never_cached, flush_all),
       cmocka_unit_test_setup(test_max_age, flush_all),
       cmocka_unit_test_setup(test_write_invalidates, flush_all),
+      cmocka_unit_test_setup(test_write_through_new_shared_mapping, flush_all),
       cmocka_unit_test_setup(test_uncached, flush_all),
       cmocka_unit_test_setup(test_flush, flush_all),
       cmocka_unit_test_setup(test_evictions, flush_all),
