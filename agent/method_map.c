@@ -13,11 +13,7 @@ typedef struct {
 
 static int map_parse(dispatch_job *j, const msgpack_object *params) {
   map_job *m = j->priv;
-  if (msg_map_req_parse(params, &m->req, &j->err) != 0)
-    return -1;
-  if (m->req.pid == 0)
-    return dispatch_fail(j, RMEM_EPARAM, "parameter 'pid' must not be 0");
-  return 0;
+  return msg_map_req_parse(params, &m->req, &j->err);
 }
 
 /* Room kept in a frame for everything but the regions. */

@@ -28,8 +28,6 @@ static int read_parse(dispatch_job *j, const msgpack_object *params) {
   read_job *r = j->priv;
   if (msg_read_req_parse(params, &r->req, &j->err) != 0)
     return -1;
-  if (r->req.pid == 0)
-    return dispatch_fail(j, RMEM_EPARAM, "parameter 'pid' must not be 0");
   if (r->req.len > j->limits->max_read)
     return dispatch_fail(j, RMEM_ETOOBIG, "len %llu exceeds max_read %llu",
                          (unsigned long long)r->req.len, (unsigned long long)j->limits->max_read);
@@ -56,18 +54,6 @@ typedef struct {
   uint64_t got; /* Bytes read or served. */
   uint64_t cached;
 } reader;
-
-/* Appends a hole, joining it to the last one when they touch and agree. */
-static int hole_add(rmem_ranges *r, uint64_t at, uint64_t n, int code) {
-  if (r->n > 0) {
-    rmem_range *last = &r->v[r->n - 1];
-    if (last->addr + last->len == at && last->code == code) {
-      last->len += n;
-      return 0;
-    }
-  }
-  return msg_ranges_push(r, at, n, code);
-}
 
 /* target_read, where nothing readable is not an error: its holes say why. */
 static ssize_t read_target(reader *rd, uint64_t addr, void *buf, size_t n, rmem_ranges *holes) {
@@ -125,7 +111,7 @@ static int read_part(reader *rd, uint64_t page, uint64_t in, uint64_t n, uint64_
     e = e < hi ? e : hi;
     if (a > e)
       continue;
-    if (hole_add(rd->holes, a, e - a + 1, h->code) != 0)
+    if (msg_ranges_add(rd->holes, a, e - a + 1, h->code) != 0)
       return codec_fail(rd->err, RMEM_ENOMEM, "read: out of memory");
     bad += e - a + 1;
   }
@@ -154,10 +140,6 @@ static int read_run(reader *rd, uint64_t off, uint64_t n) {
     n -= k;
   }
   return 0;
-}
-
-static const char *reason(int code) {
-  return code == RMEM_EUNMAPPED ? "not mapped" : code == RMEM_EPROT ? "no access" : "I/O error";
 }
 
 static ssize_t read_cached(const msg_read_req *q, char *dst, rmem_ranges *holes, uint64_t *cached,
@@ -199,9 +181,7 @@ static ssize_t read_cached(const msg_read_req *q, char *dst, rmem_ranges *holes,
     return rc;
   *cached = rd.cached;
   if (rd.got == 0 && q->len > 0)
-    return codec_fail(err, RMEM_EFAULT, "read pid %u 0x%llx+0x%llx: %s", q->pid,
-                      (unsigned long long)q->addr, (unsigned long long)q->len,
-                      reason(holes->n ? holes->v[0].code : RMEM_EUNMAPPED));
+    return target_nothing_done(holes, 0, q->pid, q->addr, q->len, "read", err);
   return (ssize_t)rd.got;
 }
 

@@ -133,10 +133,7 @@ static void string_run(dispatch_job *j) {
     /* Not one byte: the error says where and why, as read's does. */
     msgpack_packer pk;
     codec_fail(&j->err, RMEM_EFAULT, "read_string pid %u 0x%llx: %s", q->pid,
-               (unsigned long long)q->addr,
-               res.hole_code == RMEM_EPROT ? "no access"
-               : res.hole_code == RMEM_EIO ? "I/O error"
-                                           : "not mapped");
+               (unsigned long long)q->addr, msg_hole_reason(res.hole_code));
     codec_frame_begin(&j->out, &pk);
     msg_fault_pack(&pk, j->msgid, j->err.msg, holes.v, holes.n);
     j->err.code = 0;

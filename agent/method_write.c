@@ -20,8 +20,6 @@ static int write_parse(dispatch_job *j, const msgpack_object *params) {
   msg_write_req req;
   if (msg_write_req_parse(params, &req, &j->err) != 0)
     return -1;
-  if (req.pid == 0)
-    return dispatch_fail(j, RMEM_EPARAM, "parameter 'pid' must not be 0");
   if (req.len > j->limits->max_write)
     return dispatch_fail(j, RMEM_ETOOBIG, "data of %zu bytes exceeds max_write %llu", req.len,
                          (unsigned long long)j->limits->max_write);

@@ -82,6 +82,11 @@ int target_pidfd_exited(int fd);
 /* The process (thread group) that thread `pid` belongs to, or 0 when unknown. */
 uint32_t target_tgid(uint32_t pid);
 
+/* The RMEM_EFAULT for a transfer that moved not one byte: says where, and
+ * why from the first of its ranges in `r` (index `first` on). */
+int target_nothing_done(const rmem_ranges *r, size_t first, uint32_t pid, uint64_t addr,
+                        uint64_t len, const char *verb, codec_err *err);
+
 /* Internal to the target module. */
 int target__read_file(const char *path, char **buf, size_t *len);
 int target__errno(int e, uint32_t pid, const char *what, codec_err *err);

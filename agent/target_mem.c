@@ -44,29 +44,12 @@ static void classify(const target_vmas *m, uint64_t at, uint64_t left, uint32_t 
   *n = span < left && span > 0 ? span : left;
 }
 
-/* Records `n` bytes at `at` as failed, merging with the previous range of
- * the same reason. */
-static int push_hole(rmem_ranges *r, uint64_t at, uint64_t n, int code) {
-  if (r->n > 0) {
-    rmem_range *last = &r->v[r->n - 1];
-    if (last->addr + last->len == at && last->code == code) {
-      last->len += n;
-      return 0;
-    }
-  }
-  return msg_ranges_push(r, at, n, code);
-}
-
-static const char *reason(int code) {
-  return code == RMEM_EUNMAPPED ? "not mapped" : code == RMEM_EPROT ? "no access" : "I/O error";
-}
-
 /* The message when not one byte could be transferred. */
-static int nothing_done(const rmem_ranges *r, size_t first, uint32_t pid, uint64_t addr,
+int target_nothing_done(const rmem_ranges *r, size_t first, uint32_t pid, uint64_t addr,
                         uint64_t len, const char *verb, codec_err *err) {
   int code = r->n > first ? r->v[first].code : RMEM_EUNMAPPED;
   return codec_fail(err, RMEM_EFAULT, "%s pid %u 0x%llx+0x%llx: %s", verb, pid,
-                    (unsigned long long)addr, (unsigned long long)len, reason(code));
+                    (unsigned long long)addr, (unsigned long long)len, msg_hole_reason(code));
 }
 
 ssize_t target_read_with(uint32_t pid, uint64_t addr, void *buf, size_t len, rmem_ranges *holes,
@@ -101,7 +84,7 @@ ssize_t target_read_with(uint32_t pid, uint64_t addr, void *buf, size_t len, rme
     int code;
     classify(maps, at, len - done, RMEM_PROT_R, &hole, &code);
     memset((char *)buf + done, 0, hole);
-    if (push_hole(holes, at, hole, code) != 0) {
+    if (msg_ranges_add(holes, at, hole, code) != 0) {
       rc = codec_fail(err, RMEM_ENOMEM, "read: out of memory");
       goto exit;
     }
@@ -109,7 +92,7 @@ ssize_t target_read_with(uint32_t pid, uint64_t addr, void *buf, size_t len, rme
   }
   rc = (ssize_t)got;
   if (got == 0 && len > 0)
-    rc = nothing_done(holes, first_hole, pid, addr, len, "read", err);
+    rc = target_nothing_done(holes, first_hole, pid, addr, len, "read", err);
 exit:
   return rc;
 }
@@ -192,7 +175,7 @@ static ssize_t write_from(uint32_t pid, uint64_t addr, uint64_t len, const write
         continue;
       }
     }
-    if (push_hole(failed, at, hole, code) != 0) {
+    if (msg_ranges_add(failed, at, hole, code) != 0) {
       rc = codec_fail(err, RMEM_ENOMEM, "%s: out of memory", verb);
       goto exit;
     }
@@ -200,7 +183,7 @@ static ssize_t write_from(uint32_t pid, uint64_t addr, uint64_t len, const write
   }
   rc = (ssize_t)put;
   if (put == 0 && len > 0)
-    rc = nothing_done(failed, first, pid, addr, len, verb, err);
+    rc = target_nothing_done(failed, first, pid, addr, len, verb, err);
 exit:
   if (memfd >= 0)
     close(memfd);

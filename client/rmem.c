@@ -1500,14 +1500,7 @@ int rmem_map(rmem_client *c, uint32_t pid, unsigned flags, rmem_memmap *out) {
 static int ranges_add(rmem_ranges *r, size_t first, uint64_t addr, uint64_t len, int code) {
   if (r == NULL || len == 0)
     return 0;
-  if (r->n > first) {
-    rmem_range *last = &r->v[r->n - 1];
-    if (last->addr + last->len == addr && last->code == code) {
-      last->len += len;
-      return 0;
-    }
-  }
-  return msg_ranges_push(r, addr, len, code);
+  return r->n > first ? msg_ranges_add(r, addr, len, code) : msg_ranges_push(r, addr, len, code);
 }
 
 /* Checks the ranges of one reply (in c->scratch) against its request
@@ -2179,10 +2172,6 @@ static int deref_once(rmem_client *c, uint32_t pid, uint64_t addr, const int64_t
   return rc;
 }
 
-static const char *hole_reason(int code) {
-  return code == RMEM_EPROT ? "no access" : code == RMEM_EIO ? "I/O error" : "not mapped";
-}
-
 int rmem_deref(rmem_client *c, uint32_t pid, uint64_t addr, const int64_t *offsets, size_t n,
                void *buf, size_t len, rmem_deref_result *out) {
   rmem_deref_result local = {0};
@@ -2223,7 +2212,7 @@ int rmem_deref(rmem_client *c, uint32_t pid, uint64_t addr, const int64_t *offse
   }
   if (rc == 0 && r->broken)
     rc = fail(c, RMEM_EFAULT, "deref pid %u: the chain broke at step %zu: 0x%llx: %s",
-              (unsigned)pid, r->step, (unsigned long long)r->addr, hole_reason(r->code));
+              (unsigned)pid, r->step, (unsigned long long)r->addr, msg_hole_reason(r->code));
   rmem_deref_result_free(&local);
   return rc;
 }

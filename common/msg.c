@@ -220,6 +220,21 @@ static int ranges_parse(const msgpack_object *map, const char *key, rmem_ranges 
   return rc;
 }
 
+int msg_ranges_add(rmem_ranges *r, uint64_t at, uint64_t n, int code) {
+  if (r->n > 0) {
+    rmem_range *last = &r->v[r->n - 1];
+    if (last->addr + last->len == at && last->code == code) {
+      last->len += n;
+      return 0;
+    }
+  }
+  return msg_ranges_push(r, at, n, code);
+}
+
+const char *msg_hole_reason(int code) {
+  return code == RMEM_EPROT ? "no access" : code == RMEM_EIO ? "I/O error" : "not mapped";
+}
+
 int msg_ranges_push(rmem_ranges *r, uint64_t addr, uint64_t len, int code) {
   if (r->n == r->cap) {
     size_t cap = r->cap ? 2 * r->cap : 8;

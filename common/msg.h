@@ -143,6 +143,12 @@ int msg_error_parse(const msgpack_object *error, int *code, char *msg, size_t ms
 
 /* Appends one range; returns 0 or RMEM_ENOMEM. */
 int msg_ranges_push(rmem_ranges *r, uint64_t addr, uint64_t len, int code);
+/* The same, joined to the last range when they touch and share the reason,
+ * so that adjacent unreadable pages form one hole. */
+int msg_ranges_add(rmem_ranges *r, uint64_t addr, uint64_t len, int code);
+/* A hole's reason in a few words for messages: "not mapped", "no access"
+ * or "I/O error". */
+const char *msg_hole_reason(int code);
 
 /* Names used on the wire for region enums; NULL for none. */
 const char *msg_state_name(int state);
