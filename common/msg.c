@@ -1013,14 +1013,18 @@ void msg_readv_req_pack(msgpack_packer *pk, uint32_t msgid, uint32_t pid, const 
   }
 }
 
-/* Finds a required array parameter. */
-static int param_array(const msgpack_object *params, const char *key, const msgpack_object **out,
-                       codec_err *err) {
+/* Finds a required array parameter of at most `max` elements (checked
+ * before anything is allocated for them). */
+static int param_array(const msgpack_object *params, const char *key, uint32_t max,
+                       const msgpack_object **out, codec_err *err) {
   *out = codec_map_get(params, key);
   if (*out == NULL || (*out)->type == MSGPACK_OBJECT_NIL)
     return codec_fail(err, RMEM_EPARAM, "missing parameter '%s'", key);
   if ((*out)->type != MSGPACK_OBJECT_ARRAY)
     return codec_fail(err, RMEM_EPARAM, "parameter '%s' must be an array", key);
+  if ((*out)->via.array.size > max)
+    return codec_fail(err, RMEM_ETOOBIG, "%u %s exceed the limit of %u", (*out)->via.array.size,
+                      key, max);
   return 0;
 }
 
@@ -1038,13 +1042,10 @@ int msg_readv_req_parse(const msgpack_object *params, msg_readv_req *req, codec_
   if (rc == 0)
     rc = check_pid(req->pid, err);
   if (rc == 0)
-    rc = param_array(params, "ranges", &a, err);
+    rc = param_array(params, "ranges", RMEM_READV_MAX_RANGES, &a, err);
   if (rc != 0)
     return rc;
   size_t n = a->via.array.size;
-  if (n > RMEM_READV_MAX_RANGES)
-    return codec_fail(err, RMEM_ETOOBIG, "%zu ranges exceed the limit of %d", n,
-                      RMEM_READV_MAX_RANGES);
   req->ranges = calloc(n ? n : 1, sizeof(*req->ranges));
   if (req->ranges == NULL)
     return nomem(err);
@@ -1158,13 +1159,10 @@ int msg_deref_req_parse(const msgpack_object *params, msg_deref_req *req, codec_
   if (rc == 0)
     rc = check_pid(req->pid, err);
   if (rc == 0)
-    rc = param_array(params, "offsets", &a, err);
+    rc = param_array(params, "offsets", RMEM_DEREF_MAX_OFFSETS, &a, err);
   if (rc != 0)
     return rc;
   size_t n = a->via.array.size;
-  if (n > RMEM_DEREF_MAX_OFFSETS)
-    return codec_fail(err, RMEM_ETOOBIG, "%zu offsets exceed the limit of %d", n,
-                      RMEM_DEREF_MAX_OFFSETS);
   req->offsets = calloc(n ? n : 1, sizeof(*req->offsets));
   if (req->offsets == NULL)
     return nomem(err);
