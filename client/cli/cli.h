@@ -72,6 +72,10 @@ int cli_fail_detail(const cli_opts *o, int code, int stdout_used, const char *de
 int cli_exit_status(int code);
 /* Prints "rmem: " and a usage error on stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Decodes hex digits spread over `n` arguments (blanks and a 0x at the start
+ * of a word allowed) into *out (malloc'd). Returns the byte count, or -1
+ * after a usage message naming `cmd`. */
+long cli_parse_hex(const char *cmd, char **args, int n, unsigned char **out);
 
 /* Argument parsing. Each returns 0, or -1 when `s` is not valid. */
 int cli_parse_u64(const char *s, uint64_t *out); /* Decimal or 0x hex. */

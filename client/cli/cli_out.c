@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -370,4 +371,60 @@ void cli_ranges_summary(const char *what, const rmem_ranges *r) {
   if (r->n > show)
     fprintf(stderr, ", and %zu more", r->n - show);
   fputc('\n', stderr);
+}
+
+static int hex_digit(int ch) {
+  if (ch >= '0' && ch <= '9')
+    return ch - '0';
+  if (ch >= 'a' && ch <= 'f')
+    return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F')
+    return ch - 'A' + 10;
+  return -1;
+}
+
+long cli_parse_hex(const char *cmd, char **args, int n, unsigned char **out) {
+  size_t cap = 0;
+  for (int i = 0; i < n; i++)
+    cap += strlen(args[i]) / 2 + 1;
+  unsigned char *p = malloc(cap ? cap : 1);
+  if (p == NULL)
+    return -1;
+  size_t len = 0;
+  int hi = -1;
+  for (int i = 0; i < n; i++) {
+    const char *s = args[i];
+    while (*s) {
+      if (*s == ' ' || *s == '\t' || *s == '\n') {
+        s++;
+        continue;
+      }
+      /* A 0x prefix at the start of a word. */
+      if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X') && hi < 0 &&
+          (s == args[i] || s[-1] == ' ' || s[-1] == '\t' || s[-1] == '\n')) {
+        s += 2;
+        continue;
+      }
+      int d = hex_digit((unsigned char)*s);
+      if (d < 0) {
+        free(p);
+        cli_usage_error(cmd, "%s: '%c' is not a hex digit", cmd, *s);
+        return -1;
+      }
+      if (hi < 0) {
+        hi = d;
+      } else {
+        p[len++] = (unsigned char)(hi << 4 | d);
+        hi = -1;
+      }
+      s++;
+    }
+  }
+  if (hi >= 0) {
+    free(p);
+    cli_usage_error(cmd, "%s: odd number of hex digits", cmd);
+    return -1;
+  }
+  *out = p;
+  return (long)len;
 }

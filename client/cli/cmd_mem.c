@@ -267,64 +267,6 @@ exit:
   return status;
 }
 
-static int hex_digit(int ch) {
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  return -1;
-}
-
-/* Decodes hex digits spread over `n` arguments; spaces and a leading 0x per
- * word are allowed. Returns the byte count, or -1 with a message printed. */
-static long parse_hex_args(char **args, int n, unsigned char **out) {
-  size_t cap = 0;
-  for (int i = 0; i < n; i++)
-    cap += strlen(args[i]) / 2 + 1;
-  unsigned char *p = malloc(cap ? cap : 1);
-  if (p == NULL)
-    return -1;
-  size_t len = 0;
-  int hi = -1;
-  for (int i = 0; i < n; i++) {
-    const char *s = args[i];
-    while (*s) {
-      if (*s == ' ' || *s == '\t' || *s == '\n') {
-        s++;
-        continue;
-      }
-      /* A 0x prefix at the start of a word. */
-      if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X') && hi < 0 &&
-          (s == args[i] || s[-1] == ' ' || s[-1] == '\t' || s[-1] == '\n')) {
-        s += 2;
-        continue;
-      }
-      int d = hex_digit((unsigned char)*s);
-      if (d < 0) {
-        free(p);
-        cli_usage_error("write", "write: '%c' is not a hex digit", *s);
-        return -1;
-      }
-      if (hi < 0) {
-        hi = d;
-      } else {
-        p[len++] = (unsigned char)(hi << 4 | d);
-        hi = -1;
-      }
-      s++;
-    }
-  }
-  if (hi >= 0) {
-    free(p);
-    cli_usage_error("write", "write: odd number of hex digits");
-    return -1;
-  }
-  *out = p;
-  return (long)len;
-}
-
 /* Reads a whole file. Returns 0 or -1 with errno set. */
 static int read_file(const char *path, unsigned char **out, size_t *len) {
   FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
@@ -383,7 +325,7 @@ int cmd_write(const cli_opts *o) {
   } else {
     if (o->nargs < 3)
       return cli_usage_error("write", "write: missing the bytes to write (HEX or --file FILE)");
-    long n = parse_hex_args(o->args + 2, o->nargs - 2, &data);
+    long n = cli_parse_hex("write", o->args + 2, o->nargs - 2, &data);
     if (n < 0)
       return CLI_EXIT_USAGE;
     len = (size_t)n;

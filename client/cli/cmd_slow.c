@@ -417,58 +417,6 @@ exit:
 
 /* fill */
 
-static int hex_digit(int ch) {
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  return -1;
-}
-
-/* Decodes hex digits spread over `n` words; blanks and a 0x at the start of
- * a word are allowed. Returns the byte count, or -1 with a message printed. */
-static long parse_pattern(char **args, int n, unsigned char *out, size_t cap) {
-  size_t len = 0;
-  int hi = -1;
-  for (int i = 0; i < n; i++) {
-    for (const char *s = args[i]; *s; s++) {
-      if (*s == ' ' || *s == '\t' || *s == '\n')
-        continue;
-      int word = s == args[i] || s[-1] == ' ' || s[-1] == '\t' || s[-1] == '\n';
-      if (word && hi < 0 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-        s++;
-        continue;
-      }
-      int d = hex_digit((unsigned char)*s);
-      if (d < 0) {
-        cli_usage_error("fill", "fill: '%c' is not a hex digit", *s);
-        return -1;
-      }
-      if (hi < 0) {
-        hi = d;
-        continue;
-      }
-      if (len == cap) {
-        cli_usage_error("fill", "fill: the pattern is longer than %zu bytes", cap);
-        return -1;
-      }
-      out[len++] = (unsigned char)(hi << 4 | d);
-      hi = -1;
-    }
-  }
-  if (hi >= 0) {
-    cli_usage_error("fill", "fill: odd number of hex digits");
-    return -1;
-  }
-  if (len == 0) {
-    cli_usage_error("fill", "fill: the pattern is empty");
-    return -1;
-  }
-  return (long)len;
-}
-
 int cmd_fill(const cli_opts *o) {
   uint32_t pid;
   uint64_t addr, len;
@@ -481,15 +429,21 @@ int cmd_fill(const cli_opts *o) {
   if (addr + (len - 1) < addr)
     return cli_usage_error("fill", "fill: 0x%" PRIx64 "+%" PRIu64 " goes past the address space",
                            addr, len);
-  static unsigned char pattern[RMEM_FILL_MAX_PATTERN];
-  long plen = parse_pattern(o->args + 3, o->nargs - 3, pattern, sizeof(pattern));
+  unsigned char *pattern = NULL;
+  long plen = cli_parse_hex("fill", o->args + 3, o->nargs - 3, &pattern);
   if (plen < 0)
     return CLI_EXIT_USAGE;
+  if (plen == 0 || plen > RMEM_FILL_MAX_PATTERN) {
+    free(pattern);
+    return plen ? cli_usage_error("fill", "fill: the pattern is longer than %d bytes",
+                                  RMEM_FILL_MAX_PATTERN)
+                : cli_usage_error("fill", "fill: the pattern is empty");
+  }
   int status = CLI_EXIT_OK;
   rmem_ranges failed = {0};
   rmem_client *c = cli_connect(o, &status);
   if (c == NULL)
-    return status;
+    goto exit;
   ssize_t n = rmem_fill(c, pid, addr, (size_t)len, pattern, (size_t)plen, &failed);
   if (n < 0) {
     status = cli_fail(o, c, (int)n, 0, "fill %u 0x%" PRIx64 "+%" PRIu64, pid, addr, len);
@@ -519,6 +473,7 @@ int cmd_fill(const cli_opts *o) {
   }
 
 exit:
+  free(pattern);
   rmem_ranges_free(&failed);
   rmem_close(c);
   return status;
