@@ -51,6 +51,13 @@ int dispatch_fail(dispatch_job *j, int code, const char *fmt, ...) {
   return code;
 }
 
+int dispatch_check_range(dispatch_job *j, const char *what, uint64_t addr, uint64_t len) {
+  if (len == 0 || addr + (len - 1) >= addr)
+    return 0;
+  return dispatch_fail(j, RMEM_EPARAM, "%s: addr 0x%llx + len 0x%llx wraps around", what,
+                       (unsigned long long)addr, (unsigned long long)len);
+}
+
 static void reply_error(dispatch_session *s, dispatch_result *out, const uint32_t *msgid, int code,
                         const char *msg) {
   codec_buf b;

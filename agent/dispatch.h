@@ -89,5 +89,8 @@ extern const size_t dispatch_nmethods;
 /* Helpers for methods: fail the job with a code and a message. */
 int dispatch_fail(dispatch_job *j, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Fails the job with RMEM_EPARAM when [addr, addr + len) goes past 2^64 (a
+ * range may end exactly there). `what` names the range in the message. */
+int dispatch_check_range(dispatch_job *j, const char *what, uint64_t addr, uint64_t len);
 
 #endif

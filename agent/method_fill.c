@@ -28,9 +28,8 @@ static int fill_parse(dispatch_job *j, const msgpack_object *params) {
   if (req.len > RMEM_FILL_MAX)
     return dispatch_fail(j, RMEM_ETOOBIG, "len %llu exceeds the limit of %llu",
                          (unsigned long long)req.len, (unsigned long long)RMEM_FILL_MAX);
-  if (req.len && req.addr + (req.len - 1) < req.addr)
-    return dispatch_fail(j, RMEM_EPARAM, "addr 0x%llx + len 0x%llx wraps around",
-                         (unsigned long long)req.addr, (unsigned long long)req.len);
+  if (dispatch_check_range(j, "fill", req.addr, req.len) != 0)
+    return -1;
   f->pid = req.pid;
   f->addr = req.addr;
   f->len = req.len;

@@ -31,10 +31,8 @@ static int read_parse(dispatch_job *j, const msgpack_object *params) {
   if (r->req.len > j->limits->max_read)
     return dispatch_fail(j, RMEM_ETOOBIG, "len %llu exceeds max_read %llu",
                          (unsigned long long)r->req.len, (unsigned long long)j->limits->max_read);
-  /* A range may end exactly at 2^64; only one that goes past it wraps. */
-  if (r->req.len && r->req.addr + (r->req.len - 1) < r->req.addr)
-    return dispatch_fail(j, RMEM_EPARAM, "addr 0x%llx + len 0x%llx wraps around",
-                         (unsigned long long)r->req.addr, (unsigned long long)r->req.len);
+  if (dispatch_check_range(j, "read", r->req.addr, r->req.len) != 0)
+    return -1;
   j->cost = r->req.len;
   r->lz4 = j->session && j->session->lz4; /* In-process tests parse without one. */
   return 0;

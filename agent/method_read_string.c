@@ -29,9 +29,8 @@ static int string_parse(dispatch_job *j, const msgpack_object *params) {
         j, RMEM_ETOOBIG, "max_len %llu exceeds the limit of %llu", (unsigned long long)q->max_len,
         (unsigned long long)(j->limits->max_read < RMEM_STRING_MAX ? j->limits->max_read
                                                                    : RMEM_STRING_MAX));
-  if (q->addr + (q->max_len - 1) < q->addr)
-    return dispatch_fail(j, RMEM_EPARAM, "addr 0x%llx + max_len 0x%llx wraps around",
-                         (unsigned long long)q->addr, (unsigned long long)q->max_len);
+  if (dispatch_check_range(j, "read_string", q->addr, q->max_len) != 0)
+    return -1;
   /* UTF-16 to UTF-8 takes at most 3 bytes per 2. */
   j->cost = q->max_len + q->max_len / 2 + 128;
   return 0;

@@ -23,9 +23,8 @@ static int write_parse(dispatch_job *j, const msgpack_object *params) {
   if (req.len > j->limits->max_write)
     return dispatch_fail(j, RMEM_ETOOBIG, "data of %zu bytes exceeds max_write %llu", req.len,
                          (unsigned long long)j->limits->max_write);
-  if (req.len && req.addr + (req.len - 1) < req.addr)
-    return dispatch_fail(j, RMEM_EPARAM, "addr 0x%llx + %zu bytes wraps around",
-                         (unsigned long long)req.addr, req.len);
+  if (dispatch_check_range(j, "write", req.addr, req.len) != 0)
+    return -1;
   w->pid = req.pid;
   w->addr = req.addr;
   w->len = req.len;
